@@ -1,0 +1,129 @@
+"""Grouped, sorted MoE dispatch in plain torch that leaves zero-expert slots out entirely.
+
+A token picks ``K`` slots; slots whose expert id is ``>= num_real_experts`` belong to
+parameter-free zero experts. Only real slots are gathered, sorted by expert and pushed
+through that expert's matmuls, so the work done scales with the number of real picks.
+
+Dataflow::
+
+    topk_ids [T, K] --filter ids < N--> real slots [S] --stable sort by expert--> groups
+    hidden [T, H] --gather rows--> x [S, H] --per expert: SiLU(x W_g) * (x W_u) W_d--> y [S, H]
+    y * weight[slot] --index_add by token--> out [T, H]   (tokens with no real pick stay 0)
+
+Autograd runs through it: gradients reach the expert weights, the hidden states and the
+routing weights of real slots (which, through the router's renormalisation, also carry
+gradient to the zero-expert router rows).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class RealSlotGroups:
+    """Real-expert slots of a routing decision, grouped by expert.
+
+    ``slot_index`` holds flat (token * K + k) positions sorted by expert id (stable, so the
+    token order inside a group is ascending); ``counts[e]`` is how many slots expert ``e``
+    received. Zero-expert slots do not appear at all.
+    """
+
+    slot_index: torch.Tensor  # [S] long
+    token_index: torch.Tensor  # [S] long
+    counts: list[int]  # [N] python ints (host copy: the loop below needs them anyway)
+
+    @property
+    def num_slots(self) -> int:
+        return int(self.slot_index.numel())
+
+
+def group_real_slots(topk_ids: torch.Tensor, num_real_experts: int) -> RealSlotGroups:
+    """Filter out zero-expert slots and sort the remaining slots by expert id."""
+    if topk_ids.dim() != 2:
+        raise ValueError(f"topk_ids must be [tokens, K], got shape {tuple(topk_ids.shape)}")
+    top_k = topk_ids.shape[1]
+    flat_ids = topk_ids.reshape(-1)
+    real_slots = torch.nonzero(flat_ids < num_real_experts, as_tuple=False).squeeze(1)
+    real_ids = flat_ids.index_select(0, real_slots)
+    order = torch.argsort(real_ids, stable=True)
+    slot_index = real_slots.index_select(0, order)
+    counts = torch.bincount(real_ids, minlength=num_real_experts).tolist()
+    return RealSlotGroups(slot_index=slot_index, token_index=slot_index // top_k, counts=counts)
+
+
+def _torch_grouped(
+    hidden: torch.Tensor,
+    groups: RealSlotGroups,
+    slot_weights: torch.Tensor,
+    gate_up_proj: torch.Tensor,
+    down_proj: torch.Tensor,
+    activation: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    out = torch.zeros_like(hidden)
+    if groups.num_slots == 0:
+        # Every pick was a zero expert; keep the graph connected so backward still works.
+        return out + 0.0 * slot_weights.sum().to(hidden.dtype)
+    x = hidden.index_select(0, groups.token_index)
+    pieces: list[torch.Tensor] = []
+    start = 0
+    for expert, count in enumerate(groups.counts):
+        if count == 0:
+            continue
+        rows = x[start : start + count]
+        gate, up = F.linear(rows, gate_up_proj[expert]).chunk(2, dim=-1)
+        pieces.append(F.linear(activation(gate) * up, down_proj[expert]))
+        start += count
+    y = torch.cat(pieces, dim=0)
+    weights = slot_weights.index_select(0, groups.slot_index).unsqueeze(1)
+    # Routing weights may be fp32 while activations are bf16: multiply in the wider type,
+    # accumulate in the activation dtype (the convention of transformers' MoE experts).
+    out.index_add_(0, groups.token_index, (y * weights).to(out.dtype))
+    return out
+
+
+EXPERT_BACKENDS: dict[str, Callable[..., torch.Tensor]] = {"torch": _torch_grouped}
+
+
+def grouped_experts_forward(
+    hidden: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_weights: torch.Tensor,
+    gate_up_proj: torch.Tensor,
+    down_proj: torch.Tensor,
+    *,
+    num_real_experts: int,
+    activation: Callable[[torch.Tensor], torch.Tensor] = F.silu,
+    backend: str = "torch",
+) -> torch.Tensor:
+    """Weighted sum of the real experts each token picked; zero-expert picks cost nothing.
+
+    Args:
+        hidden: ``[T, H]`` token activations.
+        topk_ids: ``[T, K]`` chosen router slots; ids ``>= num_real_experts`` are zero experts.
+        topk_weights: ``[T, K]`` gate weights of the chosen slots (zero-slot weights ignored).
+        gate_up_proj: ``[N, 2I, H]`` fused gate/up projections (transformers' layout).
+        down_proj: ``[N, H, I]`` down projections.
+    """
+    if gate_up_proj.shape[0] != num_real_experts or down_proj.shape[0] != num_real_experts:
+        raise ValueError(
+            f"expert weights hold {gate_up_proj.shape[0]}/{down_proj.shape[0]} experts, "
+            f"expected num_real_experts={num_real_experts}"
+        )
+    if topk_ids.shape != topk_weights.shape or topk_ids.shape[0] != hidden.shape[0]:
+        raise ValueError(
+            f"shape mismatch: hidden {tuple(hidden.shape)}, topk_ids {tuple(topk_ids.shape)}, "
+            f"topk_weights {tuple(topk_weights.shape)}"
+        )
+    try:
+        impl = EXPERT_BACKENDS[backend]
+    except KeyError:
+        raise ValueError(
+            f"unknown experts backend {backend!r}; available: {sorted(EXPERT_BACKENDS)}"
+        ) from None
+    groups = group_real_slots(topk_ids, num_real_experts)
+    return impl(hidden, groups, topk_weights.reshape(-1), gate_up_proj, down_proj, activation)

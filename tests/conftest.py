@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny static teachers of both families, saved once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import Glm4MoeLiteForCausalLM, Qwen3MoeForCausalLM
+
+import zeda_rl  # noqa: F401  (registers the ZEDA architectures)
+from zeda_rl.models.tiny import tiny_glm4_moe_lite_config, tiny_qwen3_moe_config
+
+FAMILIES = ("qwen3_moe", "glm4_moe_lite")
+
+
+def build_static_model(family: str, seed: int, **overrides) -> torch.nn.Module:
+    """A random tiny static MoE; GLM gets a non-trivial correction bias so it matters."""
+    torch.manual_seed(seed)
+    if family == "qwen3_moe":
+        model = Qwen3MoeForCausalLM(tiny_qwen3_moe_config(**overrides))
+    else:
+        model = Glm4MoeLiteForCausalLM(tiny_glm4_moe_lite_config(**overrides))
+        for layer in model.model.layers:
+            gate = getattr(layer.mlp, "gate", None)
+            if gate is not None:
+                gate.e_score_correction_bias.copy_(
+                    0.05 * torch.randn_like(gate.e_score_correction_bias)
+                )
+    # Larger router weights than the default init so routing is decisive, not near-uniform.
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("mlp.gate.weight"):
+                param.normal_(0.0, 0.5)
+    return model.eval()
+
+
+def padded_batch(vocab: int = 256, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Three sequences of length 9, two of them left-padded."""
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(0, vocab, (3, 9), generator=g)
+    attention_mask = torch.ones(3, 9, dtype=torch.long)
+    attention_mask[1, :3] = 0
+    attention_mask[2, :6] = 0
+    return input_ids, attention_mask
+
+
+@pytest.fixture(scope="session")
+def static_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """family -> folder of a saved tiny static teacher (seed 0)."""
+    root = tmp_path_factory.mktemp("static")
+    out = {}
+    for family in FAMILIES:
+        path = root / family
+        build_static_model(family, seed=0).save_pretrained(path)
+        (path / "tokenizer_config.json").write_text('{"model_max_length": 512}\n')
+        out[family] = path
+    return out

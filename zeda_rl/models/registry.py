@@ -1,0 +1,114 @@
+"""Registration of the ZEDA architectures with transformers' Auto classes.
+
+After ``import zeda_rl``, ``AutoModelForCausalLM.from_pretrained(converted_dir)`` returns
+the ZEDA model for our configs (``zeda_qwen3_moe``, ``zeda_glm4_moe_lite``) and for the
+authors' released ones (``qwen3_moe_plus_plus``, ``glm4_moe_lite_plus_plus``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+from transformers.conversion_mapping import (
+    get_checkpoint_conversion_mapping,
+    register_checkpoint_conversion_mapping,
+)
+
+from zeda_rl.models.configuration import (
+    Glm4MoeLitePlusPlusConfig,
+    Qwen3MoePlusPlusConfig,
+    ZedaGlm4MoeLiteConfig,
+    ZedaQwen3MoeConfig,
+)
+from zeda_rl.models.glm4_moe_lite import (
+    Glm4MoeLitePlusPlusForCausalLM,
+    ZedaGlm4MoeLiteForCausalLM,
+    ZedaGlm4MoeLiteModel,
+)
+from zeda_rl.models.qwen3_moe import (
+    Qwen3MoePlusPlusForCausalLM,
+    ZedaQwen3MoeForCausalLM,
+    ZedaQwen3MoeModel,
+)
+
+# (config class, causal LM class, base model class, family model_type whose weight layout we share)
+_ARCHITECTURES = [
+    (ZedaQwen3MoeConfig, ZedaQwen3MoeForCausalLM, ZedaQwen3MoeModel, "qwen3_moe"),
+    (Qwen3MoePlusPlusConfig, Qwen3MoePlusPlusForCausalLM, None, "qwen3_moe"),
+    (ZedaGlm4MoeLiteConfig, ZedaGlm4MoeLiteForCausalLM, ZedaGlm4MoeLiteModel, "glm4_moe_lite"),
+    (Glm4MoeLitePlusPlusConfig, Glm4MoeLitePlusPlusForCausalLM, None, "glm4_moe_lite"),
+]
+
+# Base (static) model_type -> ZEDA config class, and architecture name -> config class.
+ZEDA_CONFIG_FOR_BASE = {"qwen3_moe": ZedaQwen3MoeConfig, "glm4_moe_lite": ZedaGlm4MoeLiteConfig}
+ZEDA_ARCHITECTURE_NAMES = {
+    "ZedaQwen3MoeForCausalLM": ZedaQwen3MoeConfig,
+    "Qwen3MoePlusPlusForCausalLM": Qwen3MoePlusPlusConfig,
+    "ZedaGlm4MoeLiteForCausalLM": ZedaGlm4MoeLiteConfig,
+    "Glm4MoeLitePlusPlusForCausalLM": Glm4MoeLitePlusPlusConfig,
+}
+
+_registered = False
+
+
+def register() -> None:
+    """Idempotent: register configs, models and the per-expert checkpoint layout mapping."""
+    global _registered
+    if _registered:
+        return
+    for config_cls, lm_cls, base_cls, family in _ARCHITECTURES:
+        AutoConfig.register(config_cls.model_type, config_cls, exist_ok=True)
+        AutoModelForCausalLM.register(config_cls, lm_cls, exist_ok=True)
+        if base_cls is not None:
+            AutoModel.register(config_cls, base_cls, exist_ok=True)
+        # Same expert layout as the family: hub checkpoints store experts one by one. Keyed
+        # by class name too: the authors' configs may keep the base model_type, and
+        # transformers skips non-library classes whose keys were not registered.
+        for key in (config_cls.model_type, lm_cls.__name__):
+            register_checkpoint_conversion_mapping(
+                key, get_checkpoint_conversion_mapping(family), overwrite=True
+            )
+    _registered = True
+
+
+def read_config_dict(model_dir: str | os.PathLike) -> dict[str, Any]:
+    path = os.path.join(model_dir, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{model_dir}: no config.json")
+    with open(path) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON: {err}") from err
+
+
+def zeda_config_class(config: dict[str, Any]):
+    """The ZEDA config class for a checkpoint's config.json, or None if it is not ZEDA.
+
+    The authors' instructions only change ``architectures`` and leave ``model_type`` at the
+    base value, so the architecture name is checked as well as the model_type.
+    """
+    for config_cls, *_ in _ARCHITECTURES:
+        if config.get("model_type") == config_cls.model_type:
+            return config_cls
+    for arch in config.get("architectures") or []:
+        if arch in ZEDA_ARCHITECTURE_NAMES:
+            return ZEDA_ARCHITECTURE_NAMES[arch]
+    return None
+
+
+def load_zeda_model(model_dir: str | os.PathLike, **kwargs):
+    """``AutoModelForCausalLM.from_pretrained`` that also accepts the authors' checkpoints
+    whose config still says ``model_type: qwen3_moe`` / ``glm4_moe_lite``."""
+    register()
+    config_cls = zeda_config_class(read_config_dict(model_dir))
+    if config_cls is None:
+        raise ValueError(
+            f"{model_dir} is not a ZEDA checkpoint (convert it first: python -m zeda_rl.convert)"
+        )
+    config = config_cls.from_pretrained(model_dir)
+    lm_cls = next(lm for cfg, lm, *_ in _ARCHITECTURES if cfg is config_cls)
+    return lm_cls.from_pretrained(model_dir, config=config, **kwargs)
