@@ -7,8 +7,9 @@ through that expert's matmuls, so the work done scales with the number of real p
 Dataflow::
 
     topk_ids [T, K] --filter ids < N--> real slots [S] --stable sort by expert--> groups
-    hidden [T, H] --gather rows--> x [S, H] --per expert: SiLU(x W_g) * (x W_u) W_d--> y [S, H]
-    y * weight[slot] --index_add by token--> out [T, H]   (tokens with no real pick stay 0)
+    per expert e: hidden[tokens_e] --SiLU(x W_g) * (x W_u) W_d--> y_e
+                  y_e * weight[slots_e] --index_add by token--> out [T, H]
+    (tokens whose every pick is a zero expert stay exactly 0)
 
 Autograd runs through it: gradients reach the expert weights, the hidden states and the
 routing weights of real slots (which, through the router's renormalisation, also carry
@@ -68,21 +69,20 @@ def _torch_grouped(
     if groups.num_slots == 0:
         # Every pick was a zero expert; keep the graph connected so backward still works.
         return out + 0.0 * slot_weights.sum().to(hidden.dtype)
-    x = hidden.index_select(0, groups.token_index)
-    pieces: list[torch.Tensor] = []
+    weights = slot_weights.index_select(0, groups.slot_index).unsqueeze(1)
     start = 0
     for expert, count in enumerate(groups.counts):
         if count == 0:
             continue
-        rows = x[start : start + count]
-        gate, up = F.linear(rows, gate_up_proj[expert]).chunk(2, dim=-1)
-        pieces.append(F.linear(activation(gate) * up, down_proj[expert]))
+        # Gather, compute and scatter one expert's rows at a time: no [S, H] staging
+        # buffers, whose page faults cost as much as the matmuls on CPU.
+        tokens = groups.token_index[start : start + count]
+        gate, up = F.linear(hidden.index_select(0, tokens), gate_up_proj[expert]).chunk(2, dim=-1)
+        y = F.linear(activation(gate) * up, down_proj[expert])
+        # Routing weights may be fp32 while activations are bf16: multiply in the wider
+        # type, accumulate in the activation dtype (transformers' MoE convention).
+        out.index_add_(0, tokens, (y * weights[start : start + count]).to(out.dtype))
         start += count
-    y = torch.cat(pieces, dim=0)
-    weights = slot_weights.index_select(0, groups.slot_index).unsqueeze(1)
-    # Routing weights may be fp32 while activations are bf16: multiply in the wider type,
-    # accumulate in the activation dtype (the convention of transformers' MoE experts).
-    out.index_add_(0, groups.token_index, (y * weights).to(out.dtype))
     return out
 
 

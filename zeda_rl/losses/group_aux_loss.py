@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
@@ -27,7 +26,7 @@ from zeda_rl.models.zero_experts import LayerRouting
 class GroupAuxLossConfig:
     alpha: float = 0.1  # loss coefficient
     zero_expert_weight: float = 2.0  # w: larger means more skipping
-    scaling: Literal["code", "paper"] = "code"
+    scaling: str = "code"  # "code" (authors' code) or "paper" (divided by K)
 
     def __post_init__(self) -> None:
         if self.alpha < 0:

@@ -1,0 +1,46 @@
+"""The Hydra app runs what exists end-to-end on the tiny model and rejects bad config early."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def _launch(tmp_path, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "zeda_rl.launch", *overrides, f"hydra.run.dir={tmp_path}/run"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["qwen3_moe", "glm4_moe_lite"])
+def test_tiny_experiment_runs(tmp_path, family):
+    result = _launch(tmp_path, "+experiment=tiny", f"model.family={family}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["parity_max_abs_diff_masked"] <= 1e-5
+    assert 0.0 < summary["zero_expert_ratio"] < 1.0
+    assert summary["gal_target_zero_ratio"] == 0.5
+    assert (tmp_path / "run" / "student" / "config.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["+experiment=glm47"], "model.source"),
+        (["+experiment=tiny", "model.family=mixtral"], "model.family='mixtral'"),
+        (["+experiment=tiny", "model.source=/nonexistent"], "model.source='/nonexistent'"),
+        (["+experiment=tiny", "group_aux_loss.zero_expert_weight=0"], "zero_expert_weight"),
+    ],
+)
+def test_bad_config_fails_before_work(tmp_path, overrides, message):
+    result = _launch(tmp_path, *overrides)
+    assert result.returncode != 0
+    assert message in result.stderr + result.stdout
+    assert not (tmp_path / "run" / "student").exists()
