@@ -127,6 +127,31 @@ def test_dispatch_skips_zero_slots_and_all_zero_tokens_get_zero():
     assert torch.equal(all_zero, torch.zeros_like(x))
 
 
+def test_only_real_picks_enter_expert_matmuls():
+    """Count the rows that reach the activation between the two expert matmuls."""
+    torch.manual_seed(0)
+    num_real, num_zero, k, tokens = 8, 4, 4, 64
+    ids = torch.stack([torch.randperm(num_real + num_zero)[:k] for _ in range(tokens)])
+    rows_seen = []
+
+    def counting_silu(t):
+        rows_seen.append(t.shape[0])
+        return F.silu(t)
+
+    out = grouped_experts_forward(
+        torch.randn(tokens, 16),
+        ids,
+        torch.rand(tokens, k),
+        torch.randn(num_real, 12, 16),
+        torch.randn(num_real, 16, 6),
+        num_real_experts=num_real,
+        activation=counting_silu,
+    )
+    assert out.shape == (tokens, 16)
+    assert sum(rows_seen) == int((ids < num_real).sum())
+    assert len(rows_seen) == len(torch.unique(ids[ids < num_real]))  # one matmul per used expert
+
+
 def test_dispatch_rejects_bad_shapes():
     x = torch.randn(3, 8)
     with pytest.raises(ValueError, match="num_real_experts"):

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Run a zeda_rl experiment on this machine: launch/local.sh +experiment=tiny [overrides...]
+# Multi-node Ray launchers join this folder with the distributed pipeline.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE="${WANDB_MODE:-offline}"
+exec .venv/bin/python -m zeda_rl.launch "$@"
