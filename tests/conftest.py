@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
+
+# Nothing may come from a model or data hub, also when pytest is run without the Makefile.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
 from transformers import Glm4MoeLiteForCausalLM, Qwen3MoeForCausalLM
 
 import zeda_rl  # noqa: F401  (registers the ZEDA architectures)

@@ -66,9 +66,11 @@ class ZedaCausalLMMixin:
         **kwargs,
     ) -> ZedaCausalLMOutput:
         state: RoutingState = self.model.routing_state
-        embeds = kwargs.get("inputs_embeds")
-        seq_len = input_ids.shape[1] if input_ids is not None else embeds.shape[1]
-        state.begin(_current_token_mask(attention_mask, seq_len), routing_replay)
+        tokens = input_ids if input_ids is not None else kwargs.get("inputs_embeds")
+        token_mask = (
+            None if tokens is None else _current_token_mask(attention_mask, tokens.shape[1])
+        )
+        state.begin(token_mask, routing_replay)
         try:
             kwargs["output_router_logits"] = False  # transformers' own balancing loss: not ours
             out = super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)

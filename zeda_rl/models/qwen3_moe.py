@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 from transformers import GenerationMixin
 from transformers.models.qwen3_moe.modeling_qwen3_moe import (
+    Qwen3MoeAttention,
     Qwen3MoeDecoderLayer,
     Qwen3MoeForCausalLM,
     Qwen3MoeModel,
@@ -22,7 +23,7 @@ class ZedaQwen3MoePreTrainedModel(Qwen3MoePreTrainedModel):
     config_class = ZedaQwen3MoeConfig
     config: ZedaQwen3MoeConfig
     # Routing is reported through ZedaCausalLMOutput.routing, not transformers' router_logits.
-    _can_record_outputs = {"hidden_states": Qwen3MoeDecoderLayer}
+    _can_record_outputs = {"hidden_states": Qwen3MoeDecoderLayer, "attentions": Qwen3MoeAttention}
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
