@@ -196,6 +196,9 @@ def test_memory_stays_near_one_shard(tmp_path):
     base, peak = map(float, result.stdout.split()[-2:])
     growth_mb = peak - base
     assert total_bytes / 2**20 > 350
+    print(
+        f"checkpoint {total_bytes / 2**20:.0f} MiB, shard {shard_bytes / 2**20:.0f} MiB, peak RSS growth {growth_mb:.0f} MiB"
+    )
     assert growth_mb < 1.5 * shard_bytes / 2**20, (growth_mb, shard_bytes / 2**20)
     assert len(list((tmp_path / "out").glob("*.safetensors"))) == num_layers
 
