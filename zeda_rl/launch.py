@@ -2,11 +2,13 @@
 
 Dataflow (stages marked * arrive with the distributed pipeline)::
 
-    teacher (static MoE) --convert--> ZEDA student (N + N_Z router rows)
-        --parity check (zero experts masked == teacher)--> routing report
+    teacher (static MoE: trained small teacher | HF folder)
+        --convert--> ZEDA student (N + N_Z router rows)
+        --parity check (zero experts masked == teacher)
+        --evaluation before adaptation (student vs teacher: accuracy, zero ratio, KL)
         --* stage 1: SFT on teacher rollouts + GAL
         --* stage 2: on-policy distillation (teacher log-probs, PPO clip) + GAL
-        --* evaluation
+        --* evaluation after adaptation
 """
 
 from __future__ import annotations
@@ -21,21 +23,35 @@ from omegaconf import DictConfig, OmegaConf
 from zeda_rl.config import MODEL_FAMILIES, RunConfig, register_configs
 
 register_configs()
+LOCAL_SOURCES = ("teacher", "random")
 
 
 def validate(cfg: RunConfig) -> None:
     """Fail on bad configuration before any model is built."""
+    from zeda_rl.teacher.presets import PRESETS
+
     if cfg.model.family not in MODEL_FAMILIES:
         raise ValueError(f"model.family={cfg.model.family!r}: choose one of {MODEL_FAMILIES}")
-    if cfg.model.source != "tiny" and not (Path(cfg.model.source) / "config.json").is_file():
-        raise ValueError(f"model.source={cfg.model.source!r}: no Hugging Face checkpoint there")
+    if (
+        cfg.model.source not in LOCAL_SOURCES
+        and not (Path(cfg.model.source) / "config.json").is_file()
+    ):
+        raise ValueError(
+            f"model.source={cfg.model.source!r}: not {LOCAL_SOURCES} and no Hugging Face checkpoint there"
+        )
+    if cfg.model.source == "teacher" and cfg.model.teacher_preset not in PRESETS:
+        raise ValueError(
+            f"model.teacher_preset={cfg.model.teacher_preset!r}: choose one of {sorted(PRESETS)}"
+        )
     if cfg.model.zero_expert_type not in ("zero", "copy"):
         raise ValueError(f"model.zero_expert_type={cfg.model.zero_expert_type!r}: 'zero' or 'copy'")
     if cfg.model.num_zero_experts is not None and cfg.model.num_zero_experts < 1:
         raise ValueError(f"model.num_zero_experts={cfg.model.num_zero_experts} must be >= 1")
+    if cfg.eval.suite not in ("tiny", "full"):
+        raise ValueError(f"eval.suite={cfg.eval.suite!r}: 'tiny' or 'full'")
 
 
-def _tiny_teacher(family: str, seed: int, out: Path) -> Path:
+def _random_teacher(family: str, seed: int, out: Path) -> Path:
     import torch
     from transformers import Glm4MoeLiteForCausalLM, Qwen3MoeForCausalLM
 
@@ -54,6 +70,16 @@ def _tiny_teacher(family: str, seed: int, out: Path) -> Path:
     return out
 
 
+def _teacher_dir(cfg: RunConfig, run_dir: Path) -> Path:
+    if cfg.model.source == "random":
+        return _random_teacher(cfg.model.family, cfg.model.seed, run_dir / "teacher")
+    if cfg.model.source == "teacher":
+        from zeda_rl.teacher.cache import ensure_teacher
+
+        return ensure_teacher(cfg.model.family, cfg.model.teacher_preset, cfg.model.seed)
+    return Path(cfg.model.source)
+
+
 def run(cfg: RunConfig, run_dir: Path) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
@@ -64,11 +90,7 @@ def run(cfg: RunConfig, run_dir: Path) -> dict:
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    teacher_dir = (
-        _tiny_teacher(cfg.model.family, cfg.model.seed, run_dir / "teacher")
-        if cfg.model.source == "tiny"
-        else Path(cfg.model.source)
-    )
+    teacher_dir = _teacher_dir(cfg, run_dir)
     timings["teacher"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -80,8 +102,12 @@ def run(cfg: RunConfig, run_dir: Path) -> dict:
         cfg.model.zero_expert_type,
     )
     timings["convert"] = time.perf_counter() - t0
-    summary: dict = {"family": cfg.model.family, "student": str(student_dir)}
-    if cfg.model.source != "tiny":
+    summary: dict = {
+        "family": cfg.model.family,
+        "teacher": str(teacher_dir),
+        "student": str(student_dir),
+    }
+    if cfg.model.source not in LOCAL_SOURCES:
         # Full-size checks run inside the distributed pipeline, not on this host.
         summary["seconds"] = {k: round(v, 2) for k, v in timings.items()}
         return summary
@@ -97,6 +123,8 @@ def run(cfg: RunConfig, run_dir: Path) -> dict:
             (masked(input_ids=input_ids).logits - teacher(input_ids=input_ids).logits).abs().max()
         )
         out = student(input_ids=input_ids)
+    if parity > 1e-5:
+        raise RuntimeError(f"masked student differs from the teacher: {parity:.3e}")
     config = student.config
     gal = group_aux_loss(
         out.routing,
@@ -109,24 +137,62 @@ def run(cfg: RunConfig, run_dir: Path) -> dict:
     summary |= {
         "experts": f"{config.num_routed_experts} real + {config.num_zero_experts} zero, top-{config.num_experts_per_tok}",
         "parity_max_abs_diff_masked": float(parity),
-        "zero_expert_ratio": zero_expert_ratio(out.routing),
-        "zero_expert_ratio_per_layer": {
-            r.layer_idx: round(r.zero_ratio.item(), 4) for r in out.routing
-        },
-        "real_experts_per_token": float(
-            torch.cat([r.real_experts_per_token.float() for r in out.routing]).mean()
-        ),
+        "zero_expert_ratio_random_tokens": zero_expert_ratio(out.routing),
         "group_aux_loss": float(gal),
         "gal_target_zero_ratio": target_zero_ratio(
             config.num_routed_experts,
             config.num_zero_experts,
             cfg.group_aux_loss.zero_expert_weight,
         ),
-        "seconds": {k: round(v, 2) for k, v in timings.items()},
     }
-    if summary["parity_max_abs_diff_masked"] > 1e-5:
-        raise RuntimeError(f"masked student differs from the teacher: {parity:.3e}")
+    if cfg.eval.enabled and (teacher_dir / "tokenizer.json").is_file():
+        t0 = time.perf_counter()
+        summary["eval_before_adaptation"] = _evaluate(student, teacher, student_dir, cfg, run_dir)
+        timings["eval"] = time.perf_counter() - t0
+    summary["seconds"] = {k: round(v, 2) for k, v in timings.items()}
     return summary
+
+
+def _evaluate(student, teacher, student_dir: Path, cfg: RunConfig, run_dir: Path) -> dict:
+    from transformers import AutoTokenizer
+
+    from zeda_rl.eval.generation import hf_generate
+    from zeda_rl.eval.harness import evaluate, suite_items
+    from zeda_rl.eval.report import write_report
+
+    tokenizer = AutoTokenizer.from_pretrained(student_dir)
+    items = suite_items(cfg.eval.suite)
+    results = {}
+    for name, model, reference in (("teacher", teacher, None), ("student", student, teacher)):
+        result = evaluate(
+            model,
+            tokenizer,
+            items,
+            teacher=reference,
+            generate=lambda prompts, budget, m=model: hf_generate(m, tokenizer, prompts, budget),
+        )
+        write_report(
+            result,
+            run_dir / f"eval_before_{name}",
+            f"{name} before adaptation ({cfg.eval.suite} suite)",
+        )
+        s = result["summary"]
+        results[name] = {
+            "accuracy": round(s["accuracy"], 4),
+            "zero_expert_ratio": round(s["zero_expert_ratio"], 4),
+            **(
+                {
+                    "reverse_kl": round(s["reverse_kl"], 4),
+                    "top1_agreement": round(s["top1_agreement"], 4),
+                }
+                if reference is not None
+                else {}
+            ),
+            "per_benchmark_accuracy": {
+                k: round(v["accuracy"], 3) for k, v in s["per_benchmark"].items()
+            },
+        }
+    return results
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
@@ -142,13 +208,13 @@ def main(dict_cfg: DictConfig) -> None:
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print("\n== ZEDA summary ==")
     for key, value in summary.items():
-        print(f"{key:30s} {value}")
+        print(f"{key:32s} {value}")
     for stage in (
         "stage 1 (SFT on teacher rollouts)",
         "stage 2 (on-policy distillation)",
-        "evaluation",
+        "evaluation after adaptation",
     ):
-        print(f"{stage:30s} not yet: arrives with the distributed pipeline (issue #4)")
+        print(f"{stage:32s} not yet: arrives with the distributed pipeline (issue #4)")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,84 @@
+"""The teacher recipe's plumbing on the seconds-long smoke preset (the real preset's figures
+are measured by `python -m zeda_rl.teacher` and recorded in docs/teacher.md)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from zeda_rl.convert import convert
+from zeda_rl.data.tokenizer import chat_prompt
+from zeda_rl.teacher.cache import ensure_teacher, teacher_dir
+from zeda_rl.teacher.presets import PRESETS
+from zeda_rl.teacher.train import train_teacher
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory, monkeypatch_module):
+    root = tmp_path_factory.mktemp("cache")
+    monkeypatch_module.setenv("ZEDA_CACHE_DIR", str(root))
+    return root
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["qwen3_moe", "glm4_moe_lite"])
+def test_smoke_teacher_trains_saves_and_converts(cache, family, tmp_path):
+    logs: list[str] = []
+    path = ensure_teacher(family, "smoke", seed=0, log=logs.append)
+    assert path == teacher_dir(family, "smoke", 0) and path.is_relative_to(cache)
+    report = json.loads((path / "report.json").read_text())
+    assert report["family"] == family
+    assert set(report["heldout"]) == set(PRESETS["smoke"].task_mix)
+    assert report["history"][-1]["loss"] < report["history"][0]["loss"]
+    for layer in report["expert_load"]["per_layer"]:
+        assert len(layer) == PRESETS["smoke"].num_experts and sum(layer) == pytest.approx(
+            1.0, abs=1e-3
+        )
+
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    assert tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    ) == chat_prompt("hi")
+    if family == "glm4_moe_lite":  # aux-loss-free balancing moved the correction bias
+        bias = model.model.layers[1].mlp.gate.e_score_correction_bias
+        assert bias.abs().sum() > 0
+
+    # Cached: a second call reuses it.
+    again: list[str] = []
+    assert ensure_teacher(family, "smoke", seed=0, log=again.append) == path
+    assert any("cached" in line for line in again)
+
+    # The trained teacher converts, and the masked student reproduces it.
+    student_dir = convert(path, tmp_path / "student", log=lambda *_: None)
+    masked = AutoModelForCausalLM.from_pretrained(student_dir, mask_zero_experts=True).eval()
+    ids = tok([chat_prompt("What is 2 + 2?")], return_tensors="pt", add_special_tokens=False)[
+        "input_ids"
+    ]
+    with torch.no_grad():
+        assert (masked(input_ids=ids).logits - model(input_ids=ids).logits).abs().max() <= 1e-5
+    assert (student_dir / "tokenizer.json").is_file()
+
+
+@pytest.mark.slow
+def test_training_is_reproducible(tmp_path):
+    a = train_teacher("qwen3_moe", PRESETS["smoke"], tmp_path / "a", seed=3, log=lambda *_: None)
+    b = train_teacher("qwen3_moe", PRESETS["smoke"], tmp_path / "b", seed=3, log=lambda *_: None)
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+
+
+def test_unknown_preset_and_family_are_named():
+    with pytest.raises(ValueError, match="teacher preset 'huge'"):
+        ensure_teacher("qwen3_moe", "huge")
+    with pytest.raises(ValueError, match="family='llama'"):
+        train_teacher("llama", PRESETS["smoke"], None)

@@ -1,0 +1,1 @@
+"""Offline data: corpora, structured tasks, benchmarks and the tokenizer."""

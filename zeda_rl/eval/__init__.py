@@ -1,0 +1,1 @@
+"""The evaluation harness: task accuracy, zero-expert usage, teacher agreement."""

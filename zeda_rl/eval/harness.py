@@ -1,0 +1,210 @@
+"""Evaluate a model (ZEDA student or static teacher) the way the paper does.
+
+For every benchmark item: generate a response, score it (exact match for math, sandboxed
+tests for code), then run one teacher-forced forward over prompt + response to read the
+routing of every token (zero-expert usage) and, when a teacher is given, the teacher's
+logits on the same tokens (reverse KL, top-1 agreement). Generation and scoring are
+independent of the backend that generated.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from zeda_rl.data import benchmarks as bench
+from zeda_rl.data.tasks import TASKS, extract_answer
+from zeda_rl.data.tokenizer import chat_example, chat_prompt
+from zeda_rl.eval.metrics import (
+    RoutingTrace,
+    model_flops_saved,
+    per_layer_zero_ratio,
+    per_token_real_experts,
+    pooled_zero_ratio,
+    teacher_agreement,
+    zero_ratio,
+)
+from zeda_rl.eval.sandbox import check_program
+
+MATH, CODE = "math", "code"
+
+
+@dataclass
+class Item:
+    benchmark: str
+    id: str
+    prompt: str
+    kind: str  # math | code
+    answer: str | None = None
+    tests: dict = field(default_factory=dict)
+    max_new_tokens: int = 64
+
+
+def _task_items(name: str, n: int, max_new: int) -> list[Item]:
+    return [
+        Item(f"task/{name}", str(i), e.prompt, MATH, e.answer, max_new_tokens=max_new)
+        for i, e in enumerate(TASKS[name]("heldout", n, 1))
+    ]
+
+
+def _bench_items(name: str, n: int | None, kind: str, max_new: int) -> list[Item]:
+    rows = bench.BENCHMARKS[name]()
+    rows = rows if n is None else rows[:n]
+    return [Item(name, r.id, r.prompt, kind, r.answer, r.tests, max_new) for r in rows]
+
+
+def suite_items(suite: str) -> list[Item]:
+    """``tiny``: a few of each family, minutes on a CPU; ``full``: every benchmark item."""
+    if suite == "tiny":
+        return (
+            _task_items("addition", 40, 6)
+            + _task_items("arithmetic", 20, 8)
+            + _task_items("gsm", 8, 160)
+            + _bench_items("gsm8k", 8, MATH, 160)
+            + _bench_items("mmath", 4, MATH, 96)
+            + _bench_items("humaneval", 4, CODE, 128)
+            + _bench_items("mbpp", 4, CODE, 128)
+        )
+    if suite == "full":
+        return (
+            _task_items("addition", 500, 6)
+            + _task_items("arithmetic", 500, 8)
+            + _task_items("gsm", 200, 256)
+            + _bench_items("gsm8k", None, MATH, 512)
+            + _bench_items("mmath", None, MATH, 1024)
+            + _bench_items("humaneval", None, CODE, 512)
+            + _bench_items("mbpp", None, CODE, 512)
+        )
+    raise ValueError(f"--suite {suite!r}: choose 'tiny' or 'full'")
+
+
+def score(item: Item, response: str) -> tuple[bool, str]:
+    if item.kind == MATH:
+        got = extract_answer("gsm", response)
+        return got == (item.answer or "").replace(",", ""), got
+    if item.benchmark == "humaneval":
+        program = item.prompt + response
+        tests = item.tests["test"] + f"\ncheck({item.tests['entry_point']})\n"
+    else:  # mbpp
+        program = item.tests.get("setup", "") + "\n" + response
+        tests = "\n".join(item.tests["asserts"])
+    result = check_program(program, tests, timeout_s=10.0)
+    return result.passed, result.status
+
+
+@dataclass
+class RequestResult:
+    benchmark: str
+    id: str
+    correct: bool
+    extracted: str
+    response: str
+    response_tokens: list[str]
+    zero_ratio: float | None
+    real_experts_per_token: list[float] | None
+    reverse_kl: float | None = None
+    top1_agreement: float | None = None
+
+
+def _routing_trace(routing, mask: torch.Tensor, top_k: int) -> RoutingTrace:
+    real = torch.stack([r.real_experts_per_token[mask] for r in routing], dim=1)
+    return RoutingTrace(real, top_k, [r.layer_idx for r in routing])
+
+
+@torch.no_grad()
+def evaluate(
+    model,
+    tokenizer,
+    items: list[Item],
+    *,
+    teacher=None,
+    generate: Callable[[list[str], int], list[str]],
+    log=print,
+) -> dict:
+    """Generate, score and measure every item; returns the full result dictionary."""
+    started = time.perf_counter()
+    by_budget: dict[int, list[int]] = {}
+    for i, item in enumerate(items):
+        by_budget.setdefault(item.max_new_tokens, []).append(i)
+    responses = [""] * len(items)
+    for budget, idx in by_budget.items():
+        for i, text in zip(idx, generate([items[j].prompt for j in idx], budget), strict=True):
+            responses[i] = text
+    gen_seconds = time.perf_counter() - started
+
+    is_zeda = hasattr(model.config, "num_zero_experts")
+    results: list[RequestResult] = []
+    traces: dict[str, list[RoutingTrace]] = {}
+    for item, response in zip(items, responses, strict=True):
+        correct, extracted = score(item, response)
+        prompt_ids = tokenizer(chat_prompt(item.prompt), add_special_tokens=False)["input_ids"]
+        full_ids = tokenizer(chat_example(item.prompt, response), add_special_tokens=False)[
+            "input_ids"
+        ]
+        ids = torch.tensor([full_ids])
+        mask = torch.zeros(len(full_ids), dtype=torch.bool)
+        mask[len(prompt_ids) :] = True  # response tokens (and the end-of-turn marker)
+        out = model(input_ids=ids)
+        result = RequestResult(
+            item.benchmark,
+            item.id,
+            correct,
+            extracted,
+            response,
+            tokenizer.convert_ids_to_tokens(full_ids[len(prompt_ids) :]),
+            None,
+            None,
+        )
+        if is_zeda and out.routing:
+            trace = _routing_trace(out.routing, mask, model.config.num_experts_per_tok)
+            traces.setdefault(item.benchmark, []).append(trace)
+            result.zero_ratio = zero_ratio(trace)
+            result.real_experts_per_token = per_token_real_experts(trace)
+        if teacher is not None:
+            # Positions t predict token t+1: the logits that generated the response tokens.
+            predicting = torch.zeros_like(mask)
+            predicting[len(prompt_ids) - 1 : -1] = True
+            agree = teacher_agreement(out.logits[0], teacher(input_ids=ids).logits[0], predicting)
+            result.reverse_kl, result.top1_agreement = agree.reverse_kl, agree.top1
+        results.append(result)
+
+    summary = _summarize(results, traces, model.config, teacher is not None)
+    summary["seconds"] = {
+        "generate": round(gen_seconds, 1),
+        "total": round(time.perf_counter() - started, 1),
+    }
+    log(f"evaluated {len(items)} requests in {summary['seconds']['total']}s")
+    return {"summary": summary, "requests": [asdict(r) for r in results]}
+
+
+def _summarize(
+    results: list[RequestResult], traces: dict[str, list[RoutingTrace]], config, with_teacher: bool
+) -> dict:
+    per_benchmark: dict[str, dict] = {}
+    for name in dict.fromkeys(r.benchmark for r in results):
+        rows = [r for r in results if r.benchmark == name]
+        entry: dict = {"n": len(rows), "accuracy": sum(r.correct for r in rows) / len(rows)}
+        if name in traces:
+            entry["zero_expert_ratio"] = pooled_zero_ratio(traces[name])
+        if with_teacher:
+            entry["reverse_kl"] = sum(r.reverse_kl for r in rows) / len(rows)
+            entry["top1_agreement"] = sum(r.top1_agreement for r in rows) / len(rows)
+        per_benchmark[name] = entry
+    all_traces = [t for ts in traces.values() for t in ts]
+    overall_zero = pooled_zero_ratio(all_traces) if all_traces else 0.0
+    summary = {
+        "requests": len(results),
+        "accuracy": sum(r.correct for r in results) / max(len(results), 1),
+        "zero_expert_ratio": overall_zero,
+        "zero_expert_ratio_per_layer": per_layer_zero_ratio(all_traces),
+        "expert_flops_saved": overall_zero,
+        "model_flops_saved_short_context": model_flops_saved(config, overall_zero),
+        "per_benchmark": per_benchmark,
+    }
+    if with_teacher:
+        summary["reverse_kl"] = sum(r.reverse_kl for r in results) / max(len(results), 1)
+        summary["top1_agreement"] = sum(r.top1_agreement for r in results) / max(len(results), 1)
+    return summary

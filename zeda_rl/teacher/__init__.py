@@ -1,0 +1,1 @@
+"""The small teacher MoE that the project trains itself from offline data."""

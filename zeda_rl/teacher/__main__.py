@@ -1,0 +1,53 @@
+"""python -m zeda_rl.teacher [--family qwen3_moe|glm4_moe_lite|all] [--preset cpu] [--seed 0]
+
+Trains (or reuses from the cache) the small teacher MoE and prints its report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from zeda_rl.teacher.cache import ensure_teacher
+from zeda_rl.teacher.presets import PRESETS
+from zeda_rl.teacher.train import FAMILIES
+
+
+def summarize(report: dict) -> str:
+    lines = [
+        f"{report['family']}: {report['parameters'] / 1e6:.2f}M params, trained {report['train_seconds']:.0f}s, "
+        f"final loss {report['final_train_loss']:.3f}, expert load max/mean {report['expert_load']['max_over_mean']}, "
+        f"min/mean {report['expert_load']['min_over_mean']}"
+    ]
+    for task, entry in report["heldout"].items():
+        em = (
+            f"exact match {entry['exact_match']:.1%}"
+            if "exact_match" in entry
+            else "judged by tests in zeda_rl.eval"
+        )
+        lines.append(
+            f"  {task:11s} held-out NLL {entry['heldout_nll']:.3f}  {em}  (n={entry['examples']})"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m zeda_rl.teacher", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--family", default="all", choices=[*FAMILIES, "all"])
+    parser.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--force", action="store_true", help="retrain even if cached")
+    args = parser.parse_args(argv)
+    families = FAMILIES if args.family == "all" else (args.family,)
+    for family in families:
+        path = ensure_teacher(family, args.preset, args.seed, args.force)
+        print(path)
+        print(summarize(json.loads((path / "report.json").read_text())))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

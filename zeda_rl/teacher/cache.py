@@ -1,0 +1,53 @@
+"""Trained teachers are cached by recipe: the same preset, family, seed and data reuse one."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from zeda_rl.data.store import ARCHIVES
+from zeda_rl.teacher.presets import PRESETS, TeacherPreset
+
+# Bump when the training code changes what a recipe produces.
+RECIPE_VERSION = 1
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("ZEDA_CACHE_DIR", Path.home() / ".cache" / "zeda_rl"))
+
+
+def teacher_key(family: str, preset: TeacherPreset, seed: int) -> str:
+    blob = json.dumps(
+        {
+            "family": family,
+            "preset": preset.to_dict(),
+            "seed": seed,
+            "recipe": RECIPE_VERSION,
+            "data": {k: a.sha256 for k, a in sorted(ARCHIVES.items())},
+        },
+        sort_keys=True,
+    )
+    return f"{family}-{preset.name}-s{seed}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+
+
+def teacher_dir(family: str, preset_name: str, seed: int = 0) -> Path:
+    return cache_root() / "teachers" / teacher_key(family, PRESETS[preset_name], seed)
+
+
+def ensure_teacher(
+    family: str, preset_name: str = "cpu", seed: int = 0, force: bool = False, log=print
+) -> Path:
+    """The folder of a trained teacher, training it first if the cache has none."""
+    from zeda_rl.teacher.train import train_teacher
+
+    if preset_name not in PRESETS:
+        raise ValueError(f"teacher preset {preset_name!r} unknown; choose one of {sorted(PRESETS)}")
+    path = teacher_dir(family, preset_name, seed)
+    if (path / "report.json").is_file() and not force:
+        log(f"teacher cached: {path}")
+        return path
+    log(f"training the {family} teacher ({preset_name} preset, seed {seed}) into {path}")
+    train_teacher(family, PRESETS[preset_name], path, seed=seed, log=log)
+    return path

@@ -1,0 +1,90 @@
+"""Recipes for the small teacher MoE: one per size, for both architectures."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class TeacherPreset:
+    name: str
+    # model
+    vocab_size: int = 4096
+    hidden_size: int = 192
+    num_layers: int = 4
+    num_heads: int = 6
+    head_dim: int = 32  # a head_dim vLLM's CPU attention supports
+    num_kv_heads: int = 2
+    num_experts: int = 8
+    top_k: int = 2
+    moe_intermediate_size: int = 256
+    dense_intermediate_size: int = 512  # GLM's first (dense) layer
+    # training
+    seq_len: int = 128
+    batch_size: int = 32
+    steps: int = 900
+    lr: float = 3e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    router_aux_loss_coef: float = 0.01  # Qwen3: per-layer load-balancing loss
+    bias_update_rate: float = 1e-3  # GLM: aux-loss-free balancing of the correction bias
+    task_share: float = 0.75  # share of training rows drawn from the structured tasks
+    task_mix: dict[str, float] = field(
+        default_factory=lambda: {
+            "addition": 0.55,
+            "arithmetic": 0.2,
+            "binary_ops": 0.05,
+            "gsm": 0.15,
+            "code": 0.05,
+        }
+    )
+    examples_per_task: int = 20000
+    max_text_docs: int | None = None  # None: every document of the corpus
+    eval_examples: int = 200
+    probe_every: int = 100  # steps between held-out addition probes (logged)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS: dict[str, TeacherPreset] = {
+    # About 10 minutes per architecture on the 2-core CPU machine.
+    "cpu": TeacherPreset(name="cpu"),
+    # Seconds: for tests of the recipe's plumbing, not of what the model learns.
+    "smoke": TeacherPreset(
+        name="smoke",
+        hidden_size=64,
+        num_layers=2,
+        num_heads=2,
+        moe_intermediate_size=64,
+        dense_intermediate_size=128,
+        seq_len=64,
+        batch_size=8,
+        steps=20,
+        warmup_steps=2,
+        examples_per_task=200,
+        eval_examples=8,
+        vocab_size=1024,
+    ),
+    # Same recipe, larger, for a GPU machine (see docs/teacher.md for what was measured).
+    "gpu-small": TeacherPreset(
+        name="gpu-small",
+        vocab_size=8192,
+        hidden_size=512,
+        num_layers=8,
+        num_heads=8,
+        head_dim=64,
+        num_kv_heads=4,
+        num_experts=16,
+        top_k=4,
+        moe_intermediate_size=512,
+        dense_intermediate_size=2048,
+        seq_len=512,
+        batch_size=64,
+        steps=6000,
+        lr=1.5e-3,
+        warmup_steps=300,
+        examples_per_task=200000,
+        eval_examples=500,
+    ),
+}
