@@ -83,6 +83,8 @@ def test_answer_extraction():
     assert is_correct(ex, "12 + 3 = 15\n#### 1234")
     assert not is_correct(ex, "12 + 3 = 15\n#### 1233")
     assert extract_answer("addition", "  -7<junk>") == "-7"
+    assert is_correct(Example("gsm", "q", "r", "1260"), "#### 1260.0")
+    assert not is_correct(Example("gsm", "q", "r", "1260"), "#### 1260.5")
     with pytest.raises(ValueError, match="running their tests"):
         is_correct(Example("code", "q", "r", "a"), "a")
 

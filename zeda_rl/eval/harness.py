@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from zeda_rl.data import benchmarks as bench
-from zeda_rl.data.tasks import TASKS, extract_answer
+from zeda_rl.data.tasks import TASKS, answers_match, extract_answer
 from zeda_rl.data.tokenizer import chat_example, chat_prompt
 from zeda_rl.eval.metrics import (
     RoutingTrace,
@@ -84,7 +84,7 @@ def suite_items(suite: str) -> list[Item]:
 def score(item: Item, response: str) -> tuple[bool, str]:
     if item.kind == MATH:
         got = extract_answer("gsm", response)
-        return got == (item.answer or "").replace(",", ""), got
+        return answers_match(got, item.answer or ""), got
     if item.benchmark == "humaneval":
         program = item.prompt + response
         tests = item.tests["test"] + f"\ncheck({item.tests['entry_point']})\n"

@@ -22,7 +22,7 @@ class TeacherPreset:
     # training
     seq_len: int = 128
     batch_size: int = 32
-    steps: int = 900
+    steps: int = 1000
     lr: float = 3e-3
     warmup_steps: int = 100
     weight_decay: float = 0.1
@@ -38,6 +38,9 @@ class TeacherPreset:
             "code": 0.05,
         }
     )
+    # Final steps at low learning rate lean on the tasks (a mid-training anneal).
+    anneal_steps: int = 300
+    anneal_task_share: float = 0.95
     examples_per_task: int = 20000
     max_text_docs: int | None = None  # None: every document of the corpus
     eval_examples: int = 200
@@ -62,9 +65,12 @@ PRESETS: dict[str, TeacherPreset] = {
         batch_size=8,
         steps=20,
         warmup_steps=2,
+        anneal_steps=5,
         examples_per_task=200,
         eval_examples=8,
         vocab_size=1024,
+        max_text_docs=400,
+        probe_every=10,
     ),
     # Same recipe, larger, for a GPU machine (see docs/teacher.md for what was measured).
     "gpu-small": TeacherPreset(
@@ -84,7 +90,9 @@ PRESETS: dict[str, TeacherPreset] = {
         steps=6000,
         lr=1.5e-3,
         warmup_steps=300,
+        anneal_steps=1500,
         examples_per_task=200000,
         eval_examples=500,
+        probe_every=500,
     ),
 }

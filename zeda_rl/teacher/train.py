@@ -88,7 +88,7 @@ def build_token_data(preset: TeacherPreset, tokenizer, seed: int, log=print) -> 
     docs = [d for source in text_corpus().values() for d in source]
     random.Random(seed).shuffle(docs)
     docs = docs[: preset.max_text_docs]
-    encoded = tokenizer(docs, add_special_tokens=False)["input_ids"]
+    encoded = tokenizer(docs, add_special_tokens=False, verbose=False)["input_ids"]
     text = torch.tensor([t for ids in encoded for t in (*ids, eos)], dtype=torch.long)
     tasks, heldout = {}, {}
     for name in preset.task_mix:
@@ -106,13 +106,16 @@ def build_token_data(preset: TeacherPreset, tokenizer, seed: int, log=print) -> 
     return TokenData(text, tasks, heldout)
 
 
-def sample_batch(data: TokenData, preset: TeacherPreset, gen: torch.Generator) -> torch.Tensor:
+def sample_batch(
+    data: TokenData, preset: TeacherPreset, gen: torch.Generator, task_share: float | None = None
+) -> torch.Tensor:
     length = preset.seq_len
+    task_share = preset.task_share if task_share is None else task_share
     names = list(preset.task_mix)
     weights = torch.tensor([preset.task_mix[n] for n in names])
     rows = []
     for _ in range(preset.batch_size):
-        if torch.rand((), generator=gen) < preset.task_share:
+        if torch.rand((), generator=gen) < task_share:
             stream, starts = data.tasks[names[int(torch.multinomial(weights, 1, generator=gen))]]
             valid = starts[starts <= stream.numel() - length]
             start = int(valid[torch.randint(valid.numel(), (), generator=gen)])
@@ -148,7 +151,7 @@ class ExpertLoad:
         def record(module, args, output):
             logits, _, indices = output
             picks = torch.bincount(indices.reshape(-1).detach(), minlength=self.num_experts).float()
-            self.counts[i] += picks
+            self.counts[i] += picks.cpu()
             if torch.is_grad_enabled() and isinstance(module, self._softmax_router):
                 # Switch-style loss of this layer alone: N * sum_e f_e * P_e (1 when balanced).
                 f = picks / picks.sum()
@@ -175,7 +178,8 @@ class ExpertLoad:
         with torch.no_grad():
             for router, c in zip(self.routers, self.counts, strict=True):
                 if hasattr(router, "e_score_correction_bias"):
-                    router.e_score_correction_bias += rate * torch.sign(c.mean() - c)
+                    step = rate * torch.sign(c.mean() - c)
+                    router.e_score_correction_bias += step.to(router.e_score_correction_bias.device)
 
 
 @torch.no_grad()
@@ -193,7 +197,7 @@ def evaluate(
             full = tokenizer(chat_example(ex.prompt, ex.response), add_special_tokens=False)[
                 "input_ids"
             ]
-            ids = torch.tensor([full[: model.config.max_position_embeddings]])
+            ids = torch.tensor([full[: model.config.max_position_embeddings]], device=model.device)
             labels = ids.clone()
             labels[0, : len(prompt)] = -100
             out = model(input_ids=ids, labels=labels)
@@ -215,7 +219,7 @@ def evaluate(
                     return_tensors="pt",
                     padding=True,
                     add_special_tokens=False,
-                )
+                ).to(model.device)
                 gen = model.generate(**enc, max_new_tokens=MAX_NEW_TOKENS[name], do_sample=False)
                 texts = tokenizer.batch_decode(
                     gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True
@@ -256,7 +260,8 @@ def train_teacher(
     data = build_token_data(preset, tokenizer, seed, log)
 
     config = build_config(family, preset, tokenizer)
-    model = AutoModelForCausalLM.from_config(config)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = AutoModelForCausalLM.from_config(config).to(device)
     load = ExpertLoad(model)
     params = sum(p.numel() for p in model.parameters())
     log(
@@ -284,7 +289,10 @@ def train_teacher(
     history = []
     model.train()
     for step in range(preset.steps):
-        batch = sample_batch(data, preset, gen)
+        annealing = step >= preset.steps - preset.anneal_steps
+        batch = sample_batch(data, preset, gen, preset.anneal_task_share if annealing else None).to(
+            device
+        )
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
         load.reset()
@@ -320,7 +328,7 @@ def train_teacher(
     load.reset()
     probe = sample_batch(data, preset, torch.Generator().manual_seed(seed + 99))
     with torch.no_grad():
-        model(input_ids=probe)
+        model(input_ids=probe.to(device))
     shares = load.shares()
     report = {
         "family": family,
