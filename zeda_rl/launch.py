@@ -119,11 +119,11 @@ def run(cfg: RunConfig, run_dir: Path) -> dict:
     g = torch.Generator().manual_seed(cfg.model.seed)
     input_ids = torch.randint(0, teacher.config.vocab_size, (4, 32), generator=g)
     with torch.no_grad():
-        parity = (
-            (masked(input_ids=input_ids).logits - teacher(input_ids=input_ids).logits).abs().max()
-        )
+        reference = teacher(input_ids=input_ids).logits
+        parity = (masked(input_ids=input_ids).logits - reference).abs().max()
         out = student(input_ids=input_ids)
-    if parity > 1e-5:
+    # fp32 rounding only: the softmax over N + N_Z columns sums in another order.
+    if parity > 1e-5 * max(1.0, float(reference.abs().max())):
         raise RuntimeError(f"masked student differs from the teacher: {parity:.3e}")
     config = student.config
     gal = group_aux_loss(

@@ -75,7 +75,9 @@ def _plot_layers(summary: dict, path: Path) -> Path:
 
     layers = summary["zero_expert_ratio_per_layer"]
     fig, ax = plt.subplots(figsize=(max(4, len(layers) * 0.5), 3))
-    ax.bar([str(k) for k in layers], [v * 100 for v in layers.values()], color="#4C72B0")
+    positions = list(range(len(layers)))
+    ax.bar(positions, [v * 100 for v in layers.values()], color="#4C72B0")
+    ax.set_xticks(positions, [str(k) for k in layers])
     ax.axhline(summary["zero_expert_ratio"] * 100, color="#C44E52", linestyle="--", label="overall")
     ax.set_xlabel("MoE layer")
     ax.set_ylabel("zero-expert picks (%)")
@@ -94,7 +96,14 @@ def _plot_tokens(requests: list[dict], path: Path, max_requests: int = 6) -> Pat
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3))
-    shown = [r for r in requests if r["real_experts_per_token"]][:max_requests]
+    # The longest response of each benchmark shows the most of how usage moves over a response.
+    longest: dict[str, dict] = {}
+    for r in requests:
+        if r["real_experts_per_token"] and len(r["real_experts_per_token"]) > len(
+            longest.get(r["benchmark"], {}).get("real_experts_per_token", [])
+        ):
+            longest[r["benchmark"]] = r
+    shown = sorted(longest.values(), key=lambda r: -len(r["real_experts_per_token"]))[:max_requests]
     for r in shown:
         ax.plot(r["real_experts_per_token"], marker=".", label=f"{r['benchmark']} {r['id']}")
     ax.set_xlabel("response token")
