@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -45,9 +45,15 @@ class TeacherPreset:
     max_text_docs: int | None = None  # None: every document of the corpus
     eval_examples: int = 200
     probe_every: int = 100  # steps between held-out addition probes (logged)
+    # Per-architecture adjustments of the same recipe, e.g. {"glm4_moe_lite": {"steps": 900}}.
+    family_overrides: dict[str, dict] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def for_family(self, family: str) -> TeacherPreset:
+        """This recipe as trained for ``family`` (its overrides applied)."""
+        return replace(self, **self.family_overrides.get(family, {}), family_overrides={})
 
 
 PRESETS: dict[str, TeacherPreset] = {

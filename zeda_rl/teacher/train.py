@@ -242,6 +242,7 @@ def train_teacher(
 
     if family not in FAMILIES:
         raise ValueError(f"family={family!r}: choose one of {FAMILIES}")
+    preset = preset.for_family(family)
     torch.manual_seed(seed)
     random.seed(seed)
     torch.set_num_threads(os.cpu_count() or 1)
