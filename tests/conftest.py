@@ -12,33 +12,13 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from transformers import Glm4MoeLiteForCausalLM, Qwen3MoeForCausalLM
-
 import zeda_rl  # noqa: F401  (registers the ZEDA architectures)
-from zeda_rl.models.tiny import tiny_glm4_moe_lite_config, tiny_qwen3_moe_config
+from zeda_rl.models.tiny import random_static_model
 
 FAMILIES = ("qwen3_moe", "glm4_moe_lite")
 
 
-def build_static_model(family: str, seed: int, **overrides) -> torch.nn.Module:
-    """A random tiny static MoE; GLM gets a non-trivial correction bias so it matters."""
-    torch.manual_seed(seed)
-    if family == "qwen3_moe":
-        model = Qwen3MoeForCausalLM(tiny_qwen3_moe_config(**overrides))
-    else:
-        model = Glm4MoeLiteForCausalLM(tiny_glm4_moe_lite_config(**overrides))
-        for layer in model.model.layers:
-            gate = getattr(layer.mlp, "gate", None)
-            if gate is not None:
-                gate.e_score_correction_bias.copy_(
-                    0.05 * torch.randn_like(gate.e_score_correction_bias)
-                )
-    # Larger router weights than the default init so routing is decisive, not near-uniform.
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith("mlp.gate.weight"):
-                param.normal_(0.0, 0.5)
-    return model.eval()
+build_static_model = random_static_model
 
 
 def padded_batch(vocab: int = 256, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -52,21 +52,9 @@ def validate(cfg: RunConfig) -> None:
 
 
 def _random_teacher(family: str, seed: int, out: Path) -> Path:
-    import torch
-    from transformers import Glm4MoeLiteForCausalLM, Qwen3MoeForCausalLM
+    from zeda_rl.models.tiny import random_static_model
 
-    from zeda_rl.models.tiny import tiny_glm4_moe_lite_config, tiny_qwen3_moe_config
-
-    torch.manual_seed(seed)
-    if family == "qwen3_moe":
-        model = Qwen3MoeForCausalLM(tiny_qwen3_moe_config())
-    else:
-        model = Glm4MoeLiteForCausalLM(tiny_glm4_moe_lite_config())
-    with torch.no_grad():  # decisive (not near-uniform) routing, as a trained router has
-        for name, param in model.named_parameters():
-            if name.endswith("mlp.gate.weight"):
-                param.normal_(0.0, 0.5)
-    model.save_pretrained(out)
+    random_static_model(family, seed).save_pretrained(out)
     return out
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from transformers import Glm4MoeLiteConfig, Qwen3MoeConfig
 
 
@@ -59,3 +60,25 @@ def tiny_glm4_moe_lite_config(**overrides: Any) -> Glm4MoeLiteConfig:
     )
     fields.update(overrides)
     return Glm4MoeLiteConfig(**fields)
+
+
+def random_static_model(family: str, seed: int, **overrides: Any) -> torch.nn.Module:
+    """A random tiny static MoE whose routing is decisive (router weights ~ N(0, 0.5), as
+    trained routers are, rather than near-uniform) and, for GLM, a non-zero correction bias."""
+    from transformers import Glm4MoeLiteForCausalLM, Qwen3MoeForCausalLM
+
+    torch.manual_seed(seed)
+    if family == "qwen3_moe":
+        model = Qwen3MoeForCausalLM(tiny_qwen3_moe_config(**overrides))
+    elif family == "glm4_moe_lite":
+        model = Glm4MoeLiteForCausalLM(tiny_glm4_moe_lite_config(**overrides))
+    else:
+        raise ValueError(f"family={family!r}: choose 'qwen3_moe' or 'glm4_moe_lite'")
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("mlp.gate.weight"):
+                param.normal_(0.0, 0.5)
+        for name, buffer in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                buffer.normal_(0.0, 0.05)
+    return model.eval()

@@ -21,6 +21,7 @@ import torch
 
 from zeda_rl.data.tasks import TASKS, Example, is_correct
 from zeda_rl.data.tokenizer import END, EOS, chat_example, chat_prompt
+from zeda_rl.eval.generation import hf_generate
 from zeda_rl.teacher.presets import TeacherPreset
 
 FAMILIES = ("qwen3_moe", "glm4_moe_lite")
@@ -211,21 +212,9 @@ def evaluate(
             "examples": len(examples),
         }
         if name != "code":  # code is judged by running tests in the evaluation harness
-            correct = 0
-            for i in range(0, len(examples), batch_size):
-                chunk = examples[i : i + batch_size]
-                enc = tokenizer(
-                    [chat_prompt(e.prompt) for e in chunk],
-                    return_tensors="pt",
-                    padding=True,
-                    add_special_tokens=False,
-                ).to(model.device)
-                gen = model.generate(**enc, max_new_tokens=MAX_NEW_TOKENS[name], do_sample=False)
-                texts = tokenizer.batch_decode(
-                    gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True
-                )
-                correct += sum(is_correct(e, t) for e, t in zip(chunk, texts, strict=True))
-            entry["exact_match"] = correct / len(examples)
+            prompts = [e.prompt for e in examples]
+            texts = hf_generate(model, tokenizer, prompts, MAX_NEW_TOKENS[name], batch_size)
+            entry["exact_match"] = sum(map(is_correct, examples, texts)) / len(examples)
         results[name] = entry
     model.train()
     return results
