@@ -54,11 +54,23 @@ def test_scoring_math_and_code():
     assert score(he, "    while True: pass\n") == (False, "timeout")
     mbpp = Item("mbpp", "y", "p", CODE, tests={"setup": "", "asserts": ["assert sq(3) == 9"]})
     assert score(mbpp, "def sq(x):\n    return x * x")[0] is True
+    ife = Item(
+        "ifeval",
+        "z",
+        "p",
+        "instructions",
+        tests={
+            "instruction_ids": ["punctuation:no_comma", "startend:quotation"],
+            "kwargs": [{}, {}],
+        },
+    )
+    assert score(ife, '"no commas"') == (True, "2/2 instructions")
+    assert score(ife, '"a, b"') == (False, "1/2 instructions")
 
 
 def test_suites_cover_the_benchmark_families():
     names = {i.benchmark for i in suite_items("tiny")}
-    assert {"task/addition", "gsm8k", "mmath", "humaneval", "mbpp"} <= names
+    assert {"task/addition", "gsm8k", "mmath", "humaneval", "mbpp", "ifeval"} <= names
     with pytest.raises(ValueError, match="suite"):
         suite_items("huge")
 

@@ -18,6 +18,7 @@ import torch
 from zeda_rl.data import benchmarks as bench
 from zeda_rl.data.tasks import TASKS, answers_match, extract_answer
 from zeda_rl.data.tokenizer import chat_example, chat_prompt
+from zeda_rl.eval.instructions import check_instructions
 from zeda_rl.eval.metrics import (
     RoutingTrace,
     model_flops_saved,
@@ -29,7 +30,7 @@ from zeda_rl.eval.metrics import (
 )
 from zeda_rl.eval.sandbox import check_program
 
-MATH, CODE = "math", "code"
+MATH, CODE, INSTRUCTIONS = "math", "code", "instructions"
 
 
 @dataclass
@@ -67,6 +68,7 @@ def suite_items(suite: str) -> list[Item]:
             + _bench_items("mmath", 4, MATH, 96)
             + _bench_items("humaneval", 4, CODE, 128)
             + _bench_items("mbpp", 4, CODE, 128)
+            + _bench_items("ifeval", 6, INSTRUCTIONS, 128)
         )
     if suite == "full":
         return (
@@ -77,6 +79,7 @@ def suite_items(suite: str) -> list[Item]:
             + _bench_items("mmath", None, MATH, 1024)
             + _bench_items("humaneval", None, CODE, 512)
             + _bench_items("mbpp", None, CODE, 512)
+            + _bench_items("ifeval", None, INSTRUCTIONS, 1024)
         )
     raise ValueError(f"--suite {suite!r}: choose 'tiny' or 'full'")
 
@@ -85,6 +88,10 @@ def score(item: Item, response: str) -> tuple[bool, str]:
     if item.kind == MATH:
         got = extract_answer("gsm", response)
         return answers_match(got, item.answer or ""), got
+    if item.kind == INSTRUCTIONS:
+        # Prompt-level strict accuracy: every instruction followed.
+        followed = check_instructions(response, item.tests["instruction_ids"], item.tests["kwargs"])
+        return all(followed), f"{sum(followed)}/{len(followed)} instructions"
     if item.benchmark == "humaneval":
         program = item.prompt + response
         tests = item.tests["test"] + f"\ncheck({item.tests['entry_point']})\n"
