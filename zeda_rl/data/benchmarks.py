@@ -85,16 +85,21 @@ def mbpp(split: str = "test") -> list[BenchmarkItem]:
     ]
 
 
-def ifeval() -> list[BenchmarkItem]:
+def _instruction_items(benchmark: str, rows: list[dict]) -> list[BenchmarkItem]:
+    """IFEval and IFBench share one record layout: key, prompt, instruction ids and kwargs."""
     return [
         BenchmarkItem(
-            "ifeval",
+            benchmark,
             str(r["key"]),
             r["prompt"],
             tests={"instruction_ids": r["instruction_id_list"], "kwargs": r["kwargs"]},
         )
-        for r in _shared("ifeval")
+        for r in rows
     ]
+
+
+def ifeval() -> list[BenchmarkItem]:
+    return _instruction_items("ifeval", _shared("ifeval"))
 
 
 def humaneval() -> list[BenchmarkItem]:
@@ -116,15 +121,7 @@ def humaneval() -> list[BenchmarkItem]:
 
 def ifbench() -> list[BenchmarkItem]:
     (path,) = require("ifbench")
-    return [
-        BenchmarkItem(
-            "ifbench",
-            str(r["key"]),
-            r["prompt"],
-            tests={"instruction_ids": r["instruction_id_list"], "kwargs": r["kwargs"]},
-        )
-        for r in _jsonl(path)
-    ]
+    return _instruction_items("ifbench", _jsonl(path))
 
 
 def mmath() -> list[BenchmarkItem]:
