@@ -58,11 +58,6 @@ def per_token_real_experts(trace: RoutingTrace) -> list[float]:
     return trace.real_per_token_layer.float().mean(dim=1).tolist()
 
 
-def expert_flops_saved(trace_ratio: float) -> float:
-    """Routed-expert FLOPs saved: every slot costs the same, so it is the zero ratio."""
-    return trace_ratio
-
-
 def model_flops_per_token(config) -> dict[str, float]:
     """Forward FLOPs per token by part (2 x multiply-adds; attention scores excluded, so this
     is the short-context figure)."""

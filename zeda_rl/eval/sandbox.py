@@ -11,6 +11,7 @@ machine allows it (root on Linux), a fresh network namespace with no interfaces.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -73,16 +74,14 @@ class SandboxResult:
         return self.status == "passed"
 
 
-def _network_isolation_prefix() -> list[str]:
+@functools.cache
+def _network_isolation_prefix() -> tuple[str, ...]:
     unshare = shutil.which("unshare")
     if unshare and hasattr(os, "geteuid") and os.geteuid() == 0:
         probe = subprocess.run([unshare, "--net", "true"], capture_output=True)
         if probe.returncode == 0:
-            return [unshare, "--net"]
-    return []
-
-
-_NET_PREFIX: list[str] | None = None
+            return (unshare, "--net")
+    return ()
 
 
 def run_code(
@@ -96,9 +95,6 @@ def run_code(
     """Run ``code`` as a Python program; 'passed' means it exited 0 within the limits."""
     import time
 
-    global _NET_PREFIX
-    if _NET_PREFIX is None:
-        _NET_PREFIX = _network_isolation_prefix()
     guard = _GUARD.format(
         mem=memory_mb * 2**20, cpu=int(cpu_s or max(1, timeout_s)) + 1, fsize=file_size_mb * 2**20
     )
@@ -114,7 +110,7 @@ def run_code(
         }
         start = time.perf_counter()
         proc = subprocess.Popen(
-            [*_NET_PREFIX, sys.executable, "-I", program],
+            [*_network_isolation_prefix(), sys.executable, "-I", program],
             cwd=scratch,
             env=env,
             stdin=subprocess.DEVNULL,
