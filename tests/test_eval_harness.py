@@ -91,6 +91,8 @@ def test_end_to_end_eval_of_tiny_student(tiny_pair, tmp_path):
             max_new_tokens=8,
         )
     )
+    # A prompt longer than the model's context is not generated and counts as wrong.
+    items.append(Item("task/addition", "long", "1 + 1 = ? " * 400, MATH, "2", max_new_tokens=4))
     result = evaluate(
         student,
         tok,
@@ -100,7 +102,9 @@ def test_end_to_end_eval_of_tiny_student(tiny_pair, tmp_path):
         log=lambda *_: None,
     )
     summary = result["summary"]
-    assert summary["requests"] == 7
+    assert summary["requests"] == 8 and summary["context_overflow"] == 1
+    overflowed = result["requests"].pop()
+    assert overflowed["correct"] is False and overflowed["response_tokens"] == []
     assert 0.0 < summary["zero_expert_ratio"] < 1.0
     layers = summary["zero_expert_ratio_per_layer"]
     assert set(layers) == {0, 1}
@@ -113,7 +117,7 @@ def test_end_to_end_eval_of_tiny_student(tiny_pair, tmp_path):
     paths = write_report(result, tmp_path / "out", "tiny student")
     for key in ("json", "markdown", "layers_png", "tokens_png", "html"):
         assert paths[key].is_file() and paths[key].stat().st_size > 0
-    assert json.loads(paths["json"].read_text())["summary"]["requests"] == 7
+    assert json.loads(paths["json"].read_text())["summary"]["requests"] == 8
     assert "zero-expert ratio" in paths["markdown"].read_text()
     assert "<span class=t" in paths["html"].read_text()
 
@@ -177,5 +181,9 @@ def test_cli_tiny_suite(tiny_pair, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((tmp_path / "ev" / "eval.json").read_text())["summary"]
-    assert {"task/addition", "gsm8k", "humaneval", "mbpp", "mmath"} <= set(summary["per_benchmark"])
+    # The default backend is vLLM: the ZEDA student is served through the zeda_rl plugin.
+    assert {"task/addition", "gsm8k", "humaneval", "mbpp", "mmath", "ifeval", "ifbench"} <= set(
+        summary["per_benchmark"]
+    )
+    assert summary["context_overflow"] >= 0
     assert (tmp_path / "ev" / "tokens.html").is_file()

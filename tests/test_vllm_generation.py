@@ -15,7 +15,12 @@ pytest.importorskip("vllm")
 
 @pytest.mark.slow
 def test_vllm_greedy_tokens_have_transformers_logprobs(tmp_path):
-    from zeda_rl.eval.generation import vllm_engine, vllm_generate, vllm_generate_with_logprobs
+    from zeda_rl.eval.generation import (
+        close_vllm_engine,
+        vllm_engine,
+        vllm_generate,
+        vllm_generate_with_logprobs,
+    )
 
     tok = train_tokenizer(
         [chat_example(e.prompt, e.response) for e in addition("train", 400)], vocab_size=300
@@ -33,9 +38,12 @@ def test_vllm_greedy_tokens_have_transformers_logprobs(tmp_path):
 
     llm = vllm_engine(str(tmp_path / "m"))
     prompts = [e.prompt for e in addition("heldout", 4)]
-    for prompt, (ids, logprobs) in zip(
-        prompts, vllm_generate_with_logprobs(llm, prompts, 8), strict=True
-    ):
+    try:
+        generated = vllm_generate_with_logprobs(llm, prompts, 8)
+        texts = vllm_generate(llm, prompts, 8)
+    finally:
+        close_vllm_engine(llm)
+    for prompt, (ids, logprobs) in zip(prompts, generated, strict=True):
         assert len(ids) > 0
         prefix = tok(chat_prompt(prompt), add_special_tokens=False)["input_ids"]
         full = torch.tensor([prefix + ids])
@@ -50,5 +58,4 @@ def test_vllm_greedy_tokens_have_transformers_logprobs(tmp_path):
         )
         # Greedy: each generated token is the transformers argmax.
         assert torch.equal(logits.argmax(-1), torch.tensor(ids))
-    texts = vllm_generate(llm, prompts, 8)
     assert len(texts) == 4 and all(isinstance(t, str) for t in texts)

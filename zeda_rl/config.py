@@ -28,6 +28,7 @@ class ModelConfig:
 class EvalConfig:
     suite: str = "tiny"  # tiny | full
     enabled: bool = True
+    backend: str = "vllm"  # vllm (the ZEDA plugin serves students) | hf (plain transformers)
 
 
 @dataclass

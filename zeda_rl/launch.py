@@ -49,6 +49,8 @@ def validate(cfg: RunConfig) -> None:
         raise ValueError(f"model.num_zero_experts={cfg.model.num_zero_experts} must be >= 1")
     if cfg.eval.suite not in ("tiny", "full"):
         raise ValueError(f"eval.suite={cfg.eval.suite!r}: 'tiny' or 'full'")
+    if cfg.eval.backend not in ("vllm", "hf"):
+        raise ValueError(f"eval.backend={cfg.eval.backend!r}: 'vllm' or 'hf'")
 
 
 def _random_teacher(family: str, seed: int, out: Path) -> Path:
@@ -135,30 +137,33 @@ def run(cfg: RunConfig, run_dir: Path) -> dict:
     }
     if cfg.eval.enabled and (teacher_dir / "tokenizer.json").is_file():
         t0 = time.perf_counter()
-        summary["eval_before_adaptation"] = _evaluate(student, teacher, student_dir, cfg, run_dir)
+        summary["eval_before_adaptation"] = _evaluate(
+            student, teacher, student_dir, teacher_dir, cfg, run_dir
+        )
         timings["eval"] = time.perf_counter() - t0
     summary["seconds"] = {k: round(v, 2) for k, v in timings.items()}
     return summary
 
 
-def _evaluate(student, teacher, student_dir: Path, cfg: RunConfig, run_dir: Path) -> dict:
+def _evaluate(
+    student, teacher, student_dir: Path, teacher_dir: Path, cfg: RunConfig, run_dir: Path
+) -> dict:
     from transformers import AutoTokenizer
 
-    from zeda_rl.eval.generation import hf_generate
+    from zeda_rl.eval.generation import Generator
     from zeda_rl.eval.harness import evaluate, suite_items
     from zeda_rl.eval.report import write_report
 
     tokenizer = AutoTokenizer.from_pretrained(student_dir)
     items = suite_items(cfg.eval.suite)
     results = {}
-    for name, model, reference in (("teacher", teacher, None), ("student", student, teacher)):
-        result = evaluate(
-            model,
-            tokenizer,
-            items,
-            teacher=reference,
-            generate=lambda prompts, budget, m=model: hf_generate(m, tokenizer, prompts, budget),
-        )
+    runs = (("teacher", teacher, teacher_dir, None), ("student", student, student_dir, teacher))
+    for name, model, model_dir, reference in runs:
+        generator = Generator(cfg.eval.backend, str(model_dir), model, tokenizer)
+        try:
+            result = evaluate(model, tokenizer, items, teacher=reference, generate=generator)
+        finally:
+            generator.close()
         write_report(
             result,
             run_dir / f"eval_before_{name}",
@@ -170,8 +175,8 @@ def _evaluate(student, teacher, student_dir: Path, cfg: RunConfig, run_dir: Path
             "zero_expert_ratio": round(s["zero_expert_ratio"], 4),
             **(
                 {
-                    "reverse_kl": round(s["reverse_kl"], 4),
-                    "top1_agreement": round(s["top1_agreement"], 4),
+                    "reverse_kl": s["reverse_kl"] and round(s["reverse_kl"], 4),
+                    "top1_agreement": s["top1_agreement"] and round(s["top1_agreement"], 4),
                 }
                 if reference is not None
                 else {}

@@ -19,7 +19,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="model folder (ZEDA or static)")
     parser.add_argument("--teacher", default=None, help="teacher folder for agreement metrics")
     parser.add_argument("--suite", default="tiny", choices=["tiny", "full"])
-    parser.add_argument("--backend", default="hf", choices=["hf", "vllm"])
+    parser.add_argument(
+        "--backend",
+        default="vllm",
+        choices=["vllm", "hf"],
+        help="generation engine (default vllm; hf judges a checkpoint without vLLM)",
+    )
     parser.add_argument("--out", default=None, help="output folder (default MODEL/eval-SUITE)")
     args = parser.parse_args(argv)
 
@@ -31,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import zeda_rl  # noqa: F401  (registers the ZEDA architectures)
-    from zeda_rl.eval.generation import hf_generate
+    from zeda_rl.eval.generation import Generator
     from zeda_rl.eval.harness import evaluate, suite_items
     from zeda_rl.eval.report import write_report
 
@@ -47,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer,
         items,
         teacher=teacher,
-        generate=lambda prompts, budget: hf_generate(model, tokenizer, prompts, budget),
+        generate=(generator := Generator(args.backend, args.model, model, tokenizer)),
     )
+    generator.close()
     out = Path(args.out) if args.out else Path(args.model) / f"eval-{args.suite}"
     paths = write_report(result, out, f"{Path(args.model).name} on the {args.suite} suite")
     print(paths["markdown"].read_text())

@@ -1,5 +1,5 @@
-"""Response generation for evaluation: plain transformers here; vLLM plugs in behind the same
-signature (``generate(model_dir, prompts, max_new_tokens) -> list[str]``)."""
+"""Response generation for evaluation, through vLLM (ZEDA students via the zeda_rl vLLM
+plugin) or plain transformers, behind one ``generate(prompts, max_new_tokens)`` signature."""
 
 from __future__ import annotations
 
@@ -31,9 +31,15 @@ def hf_generate(
 
 
 def vllm_engine(
-    model_dir: str, *, seed: int = 0, max_model_len: int | None = None, kv_cache_gib: int = 1
+    model_dir: str,
+    *,
+    seed: int = 0,
+    max_model_len: int | None = None,
+    kv_cache_gib: int = 1,
+    **engine_kwargs,
 ):
-    """An in-process vLLM engine on CPU (uniprocess executor: ~3 s to start here)."""
+    """An in-process vLLM engine on CPU (uniprocess executor: ~3 s to start here); close it
+    with ``close_vllm_engine`` before starting another in the same process."""
     import os
 
     # vLLM reads these at import/engine start; set them only where the caller did not.
@@ -49,7 +55,39 @@ def vllm_engine(
         max_model_len=max_model_len,
         distributed_executor_backend="uni",
         enforce_eager=True,
+        **engine_kwargs,
     )
+
+
+def close_vllm_engine(llm) -> None:
+    """Shut an in-process engine down so another can start in the same process (vLLM keeps
+    its parallel state in module globals; two live in-process engines corrupt each other)."""
+    from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+    llm.llm_engine.engine_core.shutdown()
+    cleanup_dist_env_and_memory()
+
+
+class Generator:
+    """``generator(prompts, max_new_tokens) -> responses``; ``close()`` frees the engine."""
+
+    def __init__(self, backend: str, model_dir: str, model=None, tokenizer=None):
+        if backend not in ("vllm", "hf"):
+            raise ValueError(f"eval backend {backend!r}: choose 'vllm' or 'hf'")
+        if backend == "hf" and (model is None or tokenizer is None):
+            raise ValueError("the hf backend needs the loaded model and tokenizer")
+        self.backend, self.model, self.tokenizer = backend, model, tokenizer
+        self.llm = vllm_engine(model_dir) if backend == "vllm" else None
+
+    def __call__(self, prompts: list[str], max_new_tokens: int) -> list[str]:
+        if self.llm is not None:
+            return vllm_generate(self.llm, prompts, max_new_tokens)
+        return hf_generate(self.model, self.tokenizer, prompts, max_new_tokens)
+
+    def close(self) -> None:
+        if self.llm is not None:
+            close_vllm_engine(self.llm)
+            self.llm = None
 
 
 def vllm_generate(llm, prompts: Sequence[str], max_new_tokens: int) -> list[str]:

@@ -18,6 +18,7 @@ import torch
 from zeda_rl.data import benchmarks as bench
 from zeda_rl.data.tasks import TASKS, answers_match, extract_answer
 from zeda_rl.data.tokenizer import chat_example, chat_prompt
+from zeda_rl.eval.ifbench import check_ifbench
 from zeda_rl.eval.instructions import check_instructions
 from zeda_rl.eval.metrics import (
     RoutingTrace,
@@ -31,6 +32,7 @@ from zeda_rl.eval.metrics import (
 from zeda_rl.eval.sandbox import check_program
 
 MATH, CODE, INSTRUCTIONS = "math", "code", "instructions"
+CONTEXT_OVERFLOW = "prompt + budget exceed the model's context"
 
 
 @dataclass
@@ -69,6 +71,7 @@ def suite_items(suite: str) -> list[Item]:
             + _bench_items("humaneval", 4, CODE, 128)
             + _bench_items("mbpp", 4, CODE, 128)
             + _bench_items("ifeval", 6, INSTRUCTIONS, 128)
+            + _bench_items("ifbench", 6, INSTRUCTIONS, 128)
         )
     if suite == "full":
         return (
@@ -80,6 +83,7 @@ def suite_items(suite: str) -> list[Item]:
             + _bench_items("humaneval", None, CODE, 512)
             + _bench_items("mbpp", None, CODE, 512)
             + _bench_items("ifeval", None, INSTRUCTIONS, 1024)
+            + _bench_items("ifbench", None, INSTRUCTIONS, 1024)
         )
     raise ValueError(f"--suite {suite!r}: choose 'tiny' or 'full'")
 
@@ -90,7 +94,8 @@ def score(item: Item, response: str) -> tuple[bool, str]:
         return answers_match(got, item.answer or ""), got
     if item.kind == INSTRUCTIONS:
         # Prompt-level strict accuracy: every instruction followed.
-        followed = check_instructions(response, item.tests["instruction_ids"], item.tests["kwargs"])
+        check = check_ifbench if item.benchmark == "ifbench" else check_instructions
+        followed = check(response, item.tests["instruction_ids"], item.tests["kwargs"])
         return all(followed), f"{sum(followed)}/{len(followed)} instructions"
     if item.benchmark == "humaneval":
         program = item.prompt + response
@@ -133,9 +138,22 @@ def evaluate(
 ) -> dict:
     """Generate, score and measure every item; returns the full result dictionary."""
     started = time.perf_counter()
+    # Items whose prompt plus budget do not fit the model's context are not generated on any
+    # backend (vLLM refuses them; transformers would run past the trained positions): they
+    # count as wrong and are reported as overflowing.
+    context = getattr(model.config, "max_position_embeddings", None)
+    overflow = {
+        i
+        for i, item in enumerate(items)
+        if context is not None
+        and len(tokenizer(chat_prompt(item.prompt), add_special_tokens=False)["input_ids"])
+        + item.max_new_tokens
+        > context
+    }
     by_budget: dict[int, list[int]] = {}
     for i, item in enumerate(items):
-        by_budget.setdefault(item.max_new_tokens, []).append(i)
+        if i not in overflow:
+            by_budget.setdefault(item.max_new_tokens, []).append(i)
     responses = [""] * len(items)
     for budget, idx in by_budget.items():
         for i, text in zip(idx, generate([items[j].prompt for j in idx], budget), strict=True):
@@ -145,7 +163,12 @@ def evaluate(
     is_zeda = hasattr(model.config, "num_zero_experts")
     results: list[RequestResult] = []
     traces: dict[str, list[RoutingTrace]] = {}
-    for item, response in zip(items, responses, strict=True):
+    for i, (item, response) in enumerate(zip(items, responses, strict=True)):
+        if i in overflow:
+            results.append(
+                RequestResult(item.benchmark, item.id, False, CONTEXT_OVERFLOW, "", [], None, None)
+            )
+            continue
         correct, extracted = score(item, response)
         prompt_ids = tokenizer(chat_prompt(item.prompt), add_special_tokens=False)["input_ids"]
         full_ids = tokenizer(chat_example(item.prompt, response), add_special_tokens=False)[
@@ -179,12 +202,19 @@ def evaluate(
         results.append(result)
 
     summary = _summarize(results, traces, model.config, teacher is not None)
+    summary["context_overflow"] = len(overflow)
     summary["seconds"] = {
         "generate": round(gen_seconds, 1),
         "total": round(time.perf_counter() - started, 1),
     }
     log(f"evaluated {len(items)} requests in {summary['seconds']['total']}s")
     return {"summary": summary, "requests": [asdict(r) for r in results]}
+
+
+def _mean(values: list[float | None]) -> float | None:
+    """Mean over the requests that were measured (overflowing prompts were not)."""
+    measured = [v for v in values if v is not None]
+    return sum(measured) / len(measured) if measured else None
 
 
 def _summarize(
@@ -197,8 +227,8 @@ def _summarize(
         if name in traces:
             entry["zero_expert_ratio"] = pooled_zero_ratio(traces[name])
         if with_teacher:
-            entry["reverse_kl"] = sum(r.reverse_kl for r in rows) / len(rows)
-            entry["top1_agreement"] = sum(r.top1_agreement for r in rows) / len(rows)
+            entry["reverse_kl"] = _mean([r.reverse_kl for r in rows])
+            entry["top1_agreement"] = _mean([r.top1_agreement for r in rows])
         per_benchmark[name] = entry
     all_traces = [t for ts in traces.values() for t in ts]
     overall_zero = pooled_zero_ratio(all_traces) if all_traces else 0.0
@@ -212,6 +242,6 @@ def _summarize(
         "per_benchmark": per_benchmark,
     }
     if with_teacher:
-        summary["reverse_kl"] = sum(r.reverse_kl for r in results) / max(len(results), 1)
-        summary["top1_agreement"] = sum(r.top1_agreement for r in results) / max(len(results), 1)
+        summary["reverse_kl"] = _mean([r.reverse_kl for r in results])
+        summary["top1_agreement"] = _mean([r.top1_agreement for r in results])
     return summary

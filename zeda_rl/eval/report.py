@@ -22,6 +22,10 @@ def write_report(result: dict, out_dir: Path, title: str) -> dict[str, Path]:
     return paths
 
 
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
 def _markdown(summary: dict, title: str, paths: dict[str, Path]) -> str:
     lines = [
         f"# {title}",
@@ -32,10 +36,16 @@ def _markdown(summary: dict, title: str, paths: dict[str, Path]) -> str:
         f"model FLOPs saved at short context {summary['model_flops_saved_short_context']:.1%})",
         "",
     ]
+    if summary.get("context_overflow"):
+        lines += [
+            f"{summary['context_overflow']} requests not generated: prompt + budget exceed the "
+            "model's context (counted wrong).",
+            "",
+        ]
     if "reverse_kl" in summary:
         lines += [
-            f"Teacher agreement: reverse KL {summary['reverse_kl']:.4f} nats/token, "
-            f"top-1 agreement {summary['top1_agreement']:.1%}",
+            f"Teacher agreement: reverse KL {_fmt(summary['reverse_kl'], '.4f')} nats/token, "
+            f"top-1 agreement {_fmt(summary['top1_agreement'], '.1%')}",
             "",
         ]
     header = "| benchmark | n | accuracy | zero-expert ratio |"
@@ -49,7 +59,7 @@ def _markdown(summary: dict, title: str, paths: dict[str, Path]) -> str:
         zr = f"{e['zero_expert_ratio']:.1%}" if "zero_expert_ratio" in e else "-"
         row = f"| {name} | {e['n']} | {e['accuracy']:.1%} | {zr} |"
         if teacher:
-            row += f" {e['reverse_kl']:.4f} | {e['top1_agreement']:.1%} |"
+            row += f" {_fmt(e['reverse_kl'], '.4f')} | {_fmt(e['top1_agreement'], '.1%')} |"
         lines.append(row)
     if summary["zero_expert_ratio_per_layer"]:
         lines += [

