@@ -122,3 +122,69 @@ def test_vllm_serves_checkpoint_with_transformers_logprobs(tmp_path, family, kin
             ratios.append(zero_expert_ratio(hf.routing))
     # The served ZEDA routing really used zero experts (else the test would not test them).
     assert kind == "teacher" or min(ratios) > 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_vllm_rollout_routes_and_in_place_weight_update(tmp_path, family):
+    """The engine records every sampled request's expert ids (zero experts included) equal
+    to the transformers routing of the same tokens, and new weights loaded in place give
+    the transformers logprobs of the new weights."""
+    import numpy as np
+    from safetensors.torch import save
+    from vllm import SamplingParams
+
+    from zeda_rl.eval.generation import close_vllm_engine, vllm_engine
+    from zeda_rl.vllm_plugin.worker import WORKER_EXTENSION
+
+    model = _zeda_model(tmp_path, family)
+    llm = vllm_engine(
+        str(tmp_path / "zeda"),
+        skip_tokenizer_init=True,
+        max_model_len=64,
+        worker_extension_cls=WORKER_EXTENSION,
+        enable_prefix_caching=False,
+    )
+    try:
+        (moe_layers,) = llm.collective_rpc("zeda_enable_route_capture")
+        g = torch.Generator().manual_seed(0)
+        prompts = [torch.randint(5, 250, (n,), generator=g).tolist() for n in (5, 9, 13, 9)]
+        sampled = SamplingParams(temperature=1.0, max_tokens=10, seed=3, detokenize=False)
+        outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], sampled, use_tqdm=False)
+        (recorded,) = llm.collective_rpc("zeda_take_routes")
+        routes = {
+            tuple(np.frombuffer(tokens, np.int64).tolist()): np.frombuffer(r, np.int16).reshape(s)
+            for tokens, r, s in recorded
+        }
+        for prompt, out in zip(prompts, outputs, strict=True):
+            fed = prompt + list(out.outputs[0].token_ids)[:-1]  # the last sample is never fed
+            with torch.no_grad():
+                hf = model(input_ids=torch.tensor([fed]))
+            expected = torch.stack([r.topk_ids for r in hf.routing], 1).sort(-1).values
+            assert [r.layer_idx for r in hf.routing] == moe_layers
+            got = torch.from_numpy(routes[tuple(fed)].astype(np.int64)).sort(-1).values
+            assert torch.equal(got, expected)
+        assert any((r >= model.config.num_routed_experts).any() for r in routes.values())
+
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.02)
+        state = model.state_dict()
+        names = sorted(state)
+        buckets = [
+            save({n: state[n].contiguous() for n in names[i : i + 8]})
+            for i in range(0, len(names), 8)
+        ]
+        assert llm.collective_rpc("zeda_load_weights", args=(buckets,)) == [len(names)]
+        greedy = SamplingParams(temperature=0.0, max_tokens=6, logprobs=0, detokenize=False)
+        outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], greedy, use_tqdm=False)
+    finally:
+        close_vllm_engine(llm)
+    for prompt, out in zip(prompts, outputs, strict=True):
+        ids = list(out.outputs[0].token_ids)
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([prompt + ids])).logits[0, len(prompt) - 1 : -1]
+        expected = torch.log_softmax(logits.double(), -1).gather(1, torch.tensor(ids)[:, None])
+        steps = zip(out.outputs[0].logprobs, ids, strict=True)
+        got = torch.tensor([s[t].logprob for s, t in steps])
+        assert torch.allclose(expected[:, 0], got.double(), atol=1e-4, rtol=0)

@@ -22,7 +22,9 @@ def teacher_key(family: str, preset: TeacherPreset, seed: int) -> str:
     blob = json.dumps(
         {
             "family": family,
-            "preset": preset.to_dict(),
+            # The recipe this family actually trains with: another family's overrides do
+            # not invalidate its cache.
+            "preset": preset.for_family(family).to_dict(),
             "seed": seed,
             "recipe": RECIPE_VERSION,
             "data": {k: a.sha256 for k, a in sorted(ARCHIVES.items())},

@@ -26,6 +26,9 @@ class TeacherPreset:
     lr: float = 3e-3
     warmup_steps: int = 100
     weight_decay: float = 0.1
+    # "fp32", or "bf16": matmuls under bf16 autocast, fp32 master weights and optimizer
+    # (1.4x faster steps for the GLM twin on this machine's AVX512-BF16 cores).
+    mixed_precision: str = "fp32"
     router_aux_loss_coef: float = 0.01  # Qwen3: per-layer load-balancing loss
     bias_update_rate: float = 1e-3  # GLM: aux-loss-free balancing of the correction bias
     task_share: float = 0.75  # share of training rows drawn from the structured tasks
@@ -61,7 +64,10 @@ PRESETS: dict[str, TeacherPreset] = {
     # (MLA at vLLM's kv_lora_rank 512) and it learns addition later: it needs 1,300 steps
     # (about 17 minutes) to pass 90 % (docs/teacher.md).
     "cpu": TeacherPreset(
-        name="cpu", family_overrides={"glm4_moe_lite": {"steps": 1300, "anneal_steps": 500}}
+        name="cpu",
+        family_overrides={
+            "glm4_moe_lite": {"steps": 1100, "anneal_steps": 450, "mixed_precision": "bf16"}
+        },
     ),
     # Seconds: for tests of the recipe's plumbing, not of what the model learns.
     "smoke": TeacherPreset(

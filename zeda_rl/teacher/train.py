@@ -275,6 +275,9 @@ def train_teacher(
         progress = (step - preset.warmup_steps) / max(1, preset.steps - preset.warmup_steps)
         return preset.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
+    if preset.mixed_precision not in ("fp32", "bf16"):
+        raise ValueError(f"mixed_precision={preset.mixed_precision!r}: 'fp32' or 'bf16'")
+    bf16 = preset.mixed_precision == "bf16"
     gen = torch.Generator().manual_seed(seed)
     history = []
     model.train()
@@ -286,8 +289,9 @@ def train_teacher(
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
         load.reset()
-        out = model(input_ids=batch, labels=batch)
-        loss = out.loss + preset.router_aux_loss_coef * load.balance_loss()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = model(input_ids=batch, labels=batch)
+            loss = out.loss + preset.router_aux_loss_coef * load.balance_loss()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -83,6 +83,9 @@ def load_with_zeda_moe(
 class _ZedaCausalLM(nn.Module, SupportsPP):
     """What both families share once ``self.model`` is built."""
 
+    # Set by the worker extension when rollouts record their routes (vllm_plugin/routes.py).
+    route_recorder = None
+
     def _finish(self, vllm_config: VllmConfig, config, prefix: str) -> None:
         self.lm_head = ParallelLMHead(
             config.vocab_size,
@@ -105,6 +108,8 @@ class _ZedaCausalLM(nn.Module, SupportsPP):
         intermediate_tensors: IntermediateTensors | None = None,
         inputs_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor | IntermediateTensors:
+        if self.route_recorder is not None and input_ids is not None:
+            self.route_recorder.record_inputs(input_ids, positions)
         return self.model(input_ids, positions, intermediate_tensors, inputs_embeds)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:

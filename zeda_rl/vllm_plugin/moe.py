@@ -89,6 +89,8 @@ class ZedaVllmMoe(nn.Module):
             requires_grad=False,
         )
         self.shared_experts = shared_experts
+        for param in (*self.gate.parameters(), *self.experts.parameters()):
+            param.weight_loader = _slice_loader
         # (parameter, expert, part) slices written so far: a parameter counts as loaded
         # once every slice has been, so a checkpoint missing one expert is an error.
         self._written: set[tuple[str, int, str]] = set()
@@ -142,16 +144,19 @@ class ZedaVllmMoe(nn.Module):
 
         Accepts per-expert names (``experts.3.up_proj.weight``: how checkpoints are saved)
         and the fused in-memory names of the transformers model (``experts.gate_up_proj``:
-        what the trainer sends on weight sync). Returns the parameter name written.
+        what the trainer sends on weight sync). Every copy goes through the parameter's
+        ``weight_loader``, so vLLM's in-place reload can track and defer it like any other
+        layer's. Returns the parameter name written.
         """
         size = self.intermediate_size
         if name in ("gate.weight", "gate.e_score_correction_bias"):
             param = self.get_parameter(name)
-            _copy(param, tensor, name)
+            param.weight_loader(param, tensor, name=name)
             self._written.add((name, -1, "all"))
             return name
         if name in ("experts.gate_up_proj", "experts.down_proj"):
-            _copy(self.get_parameter(name), tensor, name)
+            param = self.get_parameter(name)
+            param.weight_loader(param, tensor, name=name)
             self._written.update((name, e, p) for e in range(self.num_real) for p in _parts(name))
             return name
         match = _PER_EXPERT.match(name)
@@ -161,11 +166,12 @@ class ZedaVllmMoe(nn.Module):
         if expert >= self.num_real:
             raise KeyError(f"{name!r}: expert {expert} >= {self.num_real} real experts")
         if part == "down_proj":
-            target, param_name = self.experts.down_proj[expert], "experts.down_proj"
+            param_name, rows = "experts.down_proj", None
         else:
-            rows = slice(0, size) if part == "gate_proj" else slice(size, 2 * size)
-            target, param_name = self.experts.gate_up_proj[expert, rows], "experts.gate_up_proj"
-        _copy(target, tensor, name)
+            param_name = "experts.gate_up_proj"
+            rows = (0, size) if part == "gate_proj" else (size, 2 * size)
+        param = self.get_parameter(param_name)
+        param.weight_loader(param, tensor, name=name, expert=expert, rows=rows)
         self._written.add((param_name, expert, part))
         return param_name
 
@@ -188,11 +194,22 @@ def _parts(param_name: str) -> tuple[str, ...]:
     return ("gate_proj", "up_proj") if param_name == "experts.gate_up_proj" else ("down_proj",)
 
 
-def _copy(target: torch.Tensor, tensor: torch.Tensor, name: str) -> None:
-    if tuple(target.shape) != tuple(tensor.shape):
+def _slice_loader(
+    param: torch.Tensor,
+    loaded_weight: torch.Tensor,
+    name: str = "",
+    expert: int | None = None,
+    rows: tuple[int, int] | None = None,
+) -> None:
+    """vLLM-style weight loader: the whole parameter, one expert, or rows of one expert."""
+    target = param.data
+    if expert is not None:
+        target = target[expert]
+    if rows is not None:
+        target = target[rows[0] : rows[1]]
+    if tuple(target.shape) != tuple(loaded_weight.shape):
         raise ValueError(
-            f"ZEDA MoE weight {name!r} has shape {tuple(tensor.shape)}, "
+            f"ZEDA MoE weight {name!r} has shape {tuple(loaded_weight.shape)}, "
             f"expected {tuple(target.shape)}"
         )
-    with torch.no_grad():
-        target.copy_(tensor.to(target.dtype))
+    target.copy_(loaded_weight.to(target.dtype))
