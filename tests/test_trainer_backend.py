@@ -1,0 +1,138 @@
+"""The torch trainer backend: data-parallel steps on 2 gloo ranks equal one rank's step on
+the whole batch; SFT lowers the response NLL; OPD replays rollout routes."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import build_static_model
+from zeda_rl.convert import convert
+from zeda_rl.losses.group_aux_loss import GroupAuxLossConfig
+from zeda_rl.trainer.backend import OptimConfig, TorchBackend, local_init_method
+from zeda_rl.trainer.batch import Sample
+
+
+def _samples(num: int, seed: int = 0) -> list[Sample]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(num):
+        prompt = torch.randint(5, 250, (3 + i % 4,), generator=g).tolist()
+        response = torch.randint(5, 250, (2 + i % 3,), generator=g).tolist()
+        out.append(
+            Sample(
+                prompt,
+                response,
+                rollout_logprobs=(-torch.rand(len(response), generator=g) * 3 - 2).tolist(),
+                teacher_logprobs=(-torch.rand(len(response), generator=g) * 3 - 2).tolist(),
+            )
+        )
+    return out
+
+
+@pytest.fixture(scope="module")
+def zeda_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("trainer")
+    build_static_model("qwen3_moe", 0).save_pretrained(root / "teacher")
+    convert(root / "teacher", root / "zeda", log=lambda *_: None)
+    return root / "zeda"
+
+
+def _backend(zeda_dir, rank=0, world=1, init=None, replay=False) -> TorchBackend:
+    return TorchBackend(
+        str(zeda_dir),
+        rank=rank,
+        world_size=world,
+        init_method=init or local_init_method(),
+        optim=OptimConfig(lr=1e-3, micro_batch_size=2),
+        gal=GroupAuxLossConfig(),
+        temperature=1.0,
+        routing_replay=replay,
+    )
+
+
+def _rank_main(zeda_dir, rank, world, init, objective, out_path):
+    backend = _backend(zeda_dir, rank, world, init)
+    samples = _samples(4)
+    tokens = sum(len(s.response_ids) for s in samples)
+    share = len(samples) // world  # contiguous shares: the same micro-batches as one rank
+    mine = samples[rank * share : (rank + 1) * share]
+    metrics = backend.train_step(mine, objective=objective, lr=1e-3, global_tokens=tokens)
+    if rank == 0:
+        grads = {n: p.grad.clone() for n, p in backend.model.named_parameters()}
+        torch.save({"grads": grads, "metrics": metrics}, out_path)
+    backend.close()
+
+
+def _run_ranks(zeda_dir, world, objective, out_path):
+    ctx = mp.get_context("spawn")
+    init = local_init_method()
+    procs = [
+        ctx.Process(target=_rank_main, args=(zeda_dir, r, world, init, objective, out_path))
+        for r in range(world)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+        assert p.exitcode == 0
+    return torch.load(out_path, weights_only=False)
+
+
+@pytest.mark.parametrize("objective", ["sft", "opd"])
+def test_two_gloo_ranks_equal_one_rank(zeda_dir, tmp_path, objective):
+    one = _run_ranks(zeda_dir, 1, objective, tmp_path / "one.pt")
+    two = _run_ranks(zeda_dir, 2, objective, tmp_path / "two.pt")
+    for name, grad in one["grads"].items():
+        assert torch.allclose(grad, two["grads"][name], atol=1e-6, rtol=1e-4), name
+    assert any(g.abs().sum() > 0 for n, g in one["grads"].items() if "mlp.gate" in n)
+    for key, value in one["metrics"].items():
+        assert two["metrics"][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+
+
+def test_sft_lowers_the_response_nll(zeda_dir):
+    backend = _backend(zeda_dir)
+    samples = _samples(4)
+    tokens = sum(len(s.response_ids) for s in samples)
+    before = -sum(sum(lp) for lp in backend.logprobs(samples, 1.0)) / tokens
+    for _ in range(5):
+        metrics = backend.train_step(samples, objective="sft", lr=1e-2, global_tokens=tokens)
+    after = -sum(sum(lp) for lp in backend.logprobs(samples, 1.0)) / tokens
+    assert after < before - 0.5
+    assert metrics["nll"] > 0 and 0.0 <= metrics["zero_ratio"] <= 1.0
+    backend.close()
+
+
+def test_opd_replays_rollout_routes(zeda_dir):
+    backend = _backend(zeda_dir, replay=True)
+    samples = _samples(2)
+    tokens = sum(len(s.response_ids) for s in samples)
+    with pytest.raises(ValueError, match="routing replay"):
+        backend.train_step(samples, objective="opd", lr=1e-3, global_tokens=tokens)
+    # Routes of the rollout: here the model's own routing of the fed tokens, replayed.
+    for s in samples:
+        fed = torch.tensor([(s.prompt_ids + s.response_ids)[:-1]])
+        with torch.no_grad():
+            routing = backend.model(input_ids=fed).routing
+        s.routes = torch.stack([r.topk_ids for r in routing], 1).numpy().astype("int16")
+    # Replayed routes reproduce fresh routing exactly: the same logprobs.
+    replayed = backend.logprobs(samples, 1.0)
+    backend.routing_replay = False
+    fresh = backend.logprobs(samples, 1.0)
+    backend.routing_replay = True
+    for a, b in zip(replayed, fresh, strict=True):
+        assert a == pytest.approx(b, abs=1e-6)
+    metrics = backend.train_step(samples, objective="opd", lr=1e-3, global_tokens=tokens)
+    assert metrics["reverse_kl"] == pytest.approx(
+        sum(sum(t) - sum(r) for t, r in ((s.rollout_logprobs, s.teacher_logprobs) for s in samples))
+        / tokens,
+        rel=1e-5,
+    )
+    # A replay of the wrong length is refused.
+    samples[0].routes = samples[0].routes[:-1]
+    with pytest.raises(ValueError, match="routes of shape"):
+        backend.train_step(samples, objective="opd", lr=1e-3, global_tokens=tokens)
+    backend.close()

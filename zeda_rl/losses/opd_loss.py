@@ -1,0 +1,67 @@
+"""On-policy distillation loss (method.md section 4) and the token log-probabilities it uses.
+
+The student sampled ``y_t``; the frozen teacher scored it. The per-token advantage
+``A_t = log p_T(y_t) - log p_S_old(y_t)`` is a one-sample estimate of the negative reverse
+KL; the student follows it with a PPO-clipped policy gradient (no reward, no reference KL,
+no entropy bonus). ``log p_S_old`` are the rollout engine's log-probabilities of the tokens
+it sampled (the behaviour policy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class OpdLossConfig:
+    clip: float = 0.2  # PPO ratio clip
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0):
+    """log softmax(logits / T) at ``targets``: ``[B, S, V], [B, S] -> [B, S]`` in fp32."""
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def opd_policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    teacher_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    clip: float,
+    normalizer: float | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """PPO-clipped loss on the teacher advantage, summed over ``mask`` and divided by
+    ``normalizer`` (the step's token count across all data-parallel ranks; default: this
+    batch's). Returns the loss and detached statistics (sums, for all-reduce)."""
+    mask = mask.to(logprobs.dtype)
+    advantage = (teacher_logprobs - old_logprobs).detach()
+    ratio = torch.exp(logprobs - old_logprobs.detach())
+    unclipped = ratio * advantage
+    clipped = torch.clamp(ratio, 1.0 - clip, 1.0 + clip) * advantage
+    per_token = -torch.minimum(unclipped, clipped)
+    count = float(normalizer) if normalizer is not None else float(mask.sum().clamp(min=1))
+    loss = (per_token * mask).sum() / count
+    with torch.no_grad():
+        stats = {
+            "tokens": float(mask.sum()),
+            # sum of the one-sample reverse-KL estimate log p_S - log p_T over tokens
+            "reverse_kl_sum": float((-advantage * mask).sum()),
+            "clipped_sum": float((((ratio - 1.0).abs() > clip).to(mask.dtype) * mask).sum()),
+            "train_rollout_logprob_abs_diff_sum": float(
+                ((logprobs - old_logprobs).abs() * mask).sum()
+            ),
+        }
+    return loss, stats
+
+
+def response_nll(
+    logprobs: torch.Tensor, mask: torch.Tensor, *, normalizer: float | None = None
+) -> torch.Tensor:
+    """Stage 1: next-token NLL over response tokens, per-token averaged over ``normalizer``."""
+    mask = mask.to(logprobs.dtype)
+    count = float(normalizer) if normalizer is not None else float(mask.sum().clamp(min=1))
+    return -(logprobs * mask).sum() / count

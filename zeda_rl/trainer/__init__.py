@@ -1,0 +1,1 @@
+"""Trainer backends: the student's optimisation, behind one interface (``backend.py``)."""

@@ -1,0 +1,288 @@
+"""The trainer backend interface, and the torch backend: the transformers ZEDA model trained
+data-parallel with torch.distributed (gloo on CPU, NCCL on GPU).
+
+Each trainer worker (one Ray actor per rank, zeda_rl/pools/trainer.py) owns one backend.
+The controller hands every rank its share of the step's samples plus the step's global
+response-token count, so per-token averages are exact across ranks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.distributed as dist
+
+from zeda_rl.losses.group_aux_loss import GroupAuxLossConfig, group_aux_loss
+from zeda_rl.losses.opd_loss import opd_policy_loss, response_nll, token_logprobs
+from zeda_rl.trainer.batch import Sample, collate
+
+OBJECTIVES = ("sft", "opd")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-5
+    betas: tuple[float, float] = (0.9, 0.98)
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    micro_batch_size: int = 4
+
+
+class TrainerBackend(Protocol):
+    """What the controller needs from any trainer (torch here; Megatron in a later issue)."""
+
+    def train_step(
+        self, samples: list[Sample], *, objective: str, lr: float, global_tokens: int
+    ) -> dict[str, float]: ...
+
+    def logprobs(self, samples: list[Sample], temperature: float) -> list[list[float]]: ...
+
+    def named_tensors(self) -> Iterator[tuple[str, torch.Tensor]]: ...
+
+    def save(self, directory: Path) -> None: ...
+
+    def load_optimizer(self, directory: Path) -> None: ...
+
+
+class TorchBackend:
+    def __init__(
+        self,
+        model_dir: str,
+        *,
+        rank: int,
+        world_size: int,
+        init_method: str,
+        optim: OptimConfig,
+        gal: GroupAuxLossConfig,
+        temperature: float,
+        routing_replay: bool,
+        ppo_clip: float = 0.2,
+        seed: int = 0,
+    ):
+        from zeda_rl.models.registry import load_zeda_model
+
+        if not dist.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            dist.init_process_group(
+                backend, init_method=init_method, rank=rank, world_size=world_size
+            )
+        self.rank, self.world_size = rank, world_size
+        self.optim, self.gal, self.temperature = optim, gal, temperature
+        self.routing_replay = routing_replay
+        self.ppo_clip = ppo_clip
+        torch.manual_seed(seed + rank)
+        self.model = load_zeda_model(model_dir, dtype=torch.float32).train()
+        config = self.model.config
+        self.num_real, self.num_zero = config.num_routed_experts, config.num_zero_experts
+        self.top_k = config.num_experts_per_tok
+        self.pad_id = config.pad_token_id if config.pad_token_id is not None else 0
+        self.moe_layers = self._moe_layers()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": optim.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=optim.lr,
+            betas=tuple(optim.betas),
+        )
+        self.step = 0
+
+    def _moe_layers(self) -> list[int]:
+        probe = torch.zeros(1, 2, dtype=torch.long)
+        with torch.no_grad():
+            return [r.layer_idx for r in self.model(input_ids=probe).routing]
+
+    # -- training --------------------------------------------------------------------------
+
+    def train_step(
+        self, samples: list[Sample], *, objective: str, lr: float, global_tokens: int
+    ) -> dict[str, float]:
+        """One optimizer step over this rank's ``samples`` (gradients averaged across ranks).
+
+        ``global_tokens``: response tokens of the whole step over all ranks, the divisor
+        of every per-token average.
+        """
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective {objective!r}: choose one of {OBJECTIVES}")
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        size = self.optim.micro_batch_size
+        micro_batches = [samples[i : i + size] for i in range(0, len(samples), size)]
+        # GAL is a per-micro-batch loss: average it over every micro-batch of the step.
+        total_micro = float(self._all_reduce_sum(torch.tensor(float(len(micro_batches)))))
+        sums: dict[str, float] = {}
+        zero_ratio_per_layer = torch.zeros(len(self.moe_layers))
+        routed_tokens = 0.0
+        for micro in micro_batches:
+            replay_layers = self.moe_layers if objective == "opd" and self.routing_replay else None
+            batch = collate(micro, pad_id=self.pad_id, moe_layers=replay_layers)
+            if replay_layers is not None and batch.replay is None:
+                raise ValueError("routing replay is on but a sample carries no rollout routes")
+            out = self.model(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                routing_replay=batch.replay,
+            )
+            logp = token_logprobs(out.logits, batch.targets, self.temperature)
+            if objective == "sft":
+                main = response_nll(logp, batch.loss_mask, normalizer=global_tokens)
+                stats = {"nll_sum": float(main.detach()) * global_tokens}
+            else:
+                if batch.rollout_logprobs is None or batch.teacher_logprobs is None:
+                    raise ValueError("on-policy distillation needs rollout and teacher logprobs")
+                main, stats = opd_policy_loss(
+                    logp,
+                    batch.rollout_logprobs,
+                    batch.teacher_logprobs,
+                    batch.loss_mask,
+                    clip=self.ppo_clip,
+                    normalizer=global_tokens,
+                )
+            gal = group_aux_loss(
+                out.routing,
+                num_real=self.num_real,
+                num_zero=self.num_zero,
+                top_k=self.top_k,
+                config=self.gal,
+            )
+            (main + gal / total_micro).backward()
+            stats["gal_sum"] = float(gal.detach())
+            tokens = sum(r.num_tokens for r in out.routing[:1])
+            routed_tokens += tokens
+            zero_ratio_per_layer += torch.tensor(
+                [float(r.zero_ratio) * tokens for r in out.routing]
+            )
+            for key, value in stats.items():
+                sums[key] = sums.get(key, 0.0) + value
+        grad_norm = self._all_reduce_gradients()
+        self.optimizer.step()
+        self.step += 1
+        return self._step_metrics(
+            sums,
+            zero_ratio_per_layer,
+            routed_tokens,
+            total_micro,
+            global_tokens,
+            grad_norm,
+            objective,
+        )
+
+    def _step_metrics(
+        self, sums, zero_per_layer, routed_tokens, total_micro, global_tokens, grad_norm, objective
+    ):
+        keys = sorted(sums)
+        local = torch.tensor([sums[k] for k in keys] + [routed_tokens] + zero_per_layer.tolist())
+        total = self._all_reduce_sum(local)
+        reduced = dict(zip(keys, total[: len(keys)].tolist(), strict=True))
+        routed = max(total[len(keys)].item(), 1.0)
+        per_layer = (total[len(keys) + 1 :] / routed).tolist()
+        metrics = {
+            "gal": reduced["gal_sum"] / total_micro,
+            "grad_norm": grad_norm,
+            "zero_ratio": sum(per_layer) / len(per_layer),
+            **{
+                f"zero_ratio/layer{layer}": v
+                for layer, v in zip(self.moe_layers, per_layer, strict=True)
+            },
+        }
+        if objective == "sft":
+            metrics["nll"] = reduced["nll_sum"] / global_tokens
+        else:
+            metrics["reverse_kl"] = reduced["reverse_kl_sum"] / global_tokens
+            metrics["clip_fraction"] = reduced["clipped_sum"] / global_tokens
+            metrics["train_rollout_logprob_diff"] = (
+                reduced["train_rollout_logprob_abs_diff_sum"] / global_tokens
+            )
+        return metrics
+
+    def _all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.world_size > 1:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def _all_reduce_gradients(self) -> float:
+        """Sum gradients over ranks (the losses are already global averages), in one flat
+        buffer per call to keep gloo's per-message overhead low; then clip."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        if self.world_size > 1:
+            flat = torch.cat([p.grad.reshape(-1) for p in params])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            offset = 0
+            for p in params:
+                n = p.numel()
+                p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
+                offset += n
+        norm = torch.nn.utils.clip_grad_norm_(params, self.optim.grad_clip)
+        return float(norm) if math.isfinite(float(norm)) else float("nan")
+
+    # -- inference, export, checkpoints ----------------------------------------------------
+
+    @torch.no_grad()
+    def logprobs(self, samples: list[Sample], temperature: float) -> list[list[float]]:
+        """Log-probabilities of each sample's response tokens under the current weights."""
+        self.model.eval()
+        try:
+            replay_layers = self.moe_layers if self.routing_replay else None
+            batch = collate(samples, pad_id=self.pad_id, moe_layers=replay_layers)
+            out = self.model(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                routing_replay=batch.replay,
+            )
+            logp = token_logprobs(out.logits, batch.targets, temperature)
+        finally:
+            self.model.train()
+        return [logp[i][batch.loss_mask[i]].tolist() for i in range(len(samples))]
+
+    def named_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """The student's weights under the transformers names the vLLM plugin loads."""
+        for name, tensor in self.model.state_dict().items():
+            yield name, tensor.detach()
+
+    def save(self, directory: Path) -> None:
+        """Rank 0 writes the model (HF format) and the optimizer state into ``directory``."""
+        if self.rank == 0:
+            directory.mkdir(parents=True, exist_ok=True)
+            self.model.save_pretrained(directory)
+            torch.save(
+                {"optimizer": self.optimizer.state_dict(), "step": self.step},
+                directory / "optimizer.pt",
+            )
+        if self.world_size > 1:
+            dist.barrier()
+
+    def load_optimizer(self, directory: Path) -> None:
+        state = torch.load(directory / "optimizer.pt", weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def local_init_method() -> str:
+    return f"tcp://127.0.0.1:{free_port()}"
+
+
+__all__ = ["OBJECTIVES", "OptimConfig", "TorchBackend", "TrainerBackend", "local_init_method"]

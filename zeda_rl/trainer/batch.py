@@ -1,0 +1,90 @@
+"""Training samples and their collation into padded tensors.
+
+A sample is a prompt and a response. The model is fed ``prompt + response[:-1]`` (the last
+response token is only a target, and a rollout engine never fed it either), so position
+``t`` predicts token ``t + 1`` and replayed routes, recorded for exactly the fed tokens,
+line up row for row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Sample:
+    prompt_ids: list[int]
+    response_ids: list[int]
+    # Stage 2: the rollout engine's log-probabilities of the sampled response tokens, the
+    # teacher's for the same tokens, and the expert ids the rollout used ([fed, layers, K]).
+    rollout_logprobs: list[float] | None = None
+    teacher_logprobs: list[float] | None = None
+    routes: np.ndarray | None = None
+
+    @property
+    def fed_length(self) -> int:
+        return len(self.prompt_ids) + len(self.response_ids) - 1
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # [B, S] fed tokens, right-padded
+    attention_mask: torch.Tensor  # [B, S]
+    targets: torch.Tensor  # [B, S] next tokens
+    loss_mask: torch.Tensor  # [B, S] True where the target is a response token
+    rollout_logprobs: torch.Tensor | None = None  # [B, S], aligned with targets
+    teacher_logprobs: torch.Tensor | None = None
+    replay: dict[int, torch.Tensor] | None = None  # MoE layer -> [B * S, K]
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.loss_mask.sum())
+
+
+def collate(samples: list[Sample], *, pad_id: int, moe_layers: list[int] | None = None) -> Batch:
+    """Right-pad ``samples`` into one batch; ``moe_layers`` orders the routes' columns."""
+    if not samples:
+        raise ValueError("collate needs at least one sample")
+    for i, s in enumerate(samples):
+        if not s.prompt_ids or not s.response_ids:
+            raise ValueError(f"sample {i}: empty prompt or response")
+    length = max(s.fed_length for s in samples)
+    b = len(samples)
+    input_ids = torch.full((b, length), pad_id, dtype=torch.long)
+    targets = torch.full((b, length), pad_id, dtype=torch.long)
+    attention = torch.zeros(b, length, dtype=torch.long)
+    loss_mask = torch.zeros(b, length, dtype=torch.bool)
+    with_rollout = all(s.rollout_logprobs is not None for s in samples)
+    with_teacher = all(s.teacher_logprobs is not None for s in samples)
+    rollout = torch.zeros(b, length) if with_rollout else None
+    teacher = torch.zeros(b, length) if with_teacher else None
+    for i, s in enumerate(samples):
+        seq = s.prompt_ids + s.response_ids
+        fed, p, r = s.fed_length, len(s.prompt_ids), len(s.response_ids)
+        input_ids[i, :fed] = torch.tensor(seq[:-1])
+        targets[i, :fed] = torch.tensor(seq[1:])
+        attention[i, :fed] = 1
+        loss_mask[i, p - 1 : p - 1 + r] = True
+        if rollout is not None:
+            rollout[i, p - 1 : p - 1 + r] = torch.tensor(s.rollout_logprobs)
+        if teacher is not None:
+            teacher[i, p - 1 : p - 1 + r] = torch.tensor(s.teacher_logprobs)
+    replay = None
+    if moe_layers is not None and all(s.routes is not None for s in samples):
+        top_k = samples[0].routes.shape[-1]
+        # Padding rows replay slots 0..K-1 (valid, distinct ids); they are masked out.
+        ids = torch.arange(top_k).expand(b, length, len(moe_layers), top_k).clone()
+        for i, s in enumerate(samples):
+            if s.routes.shape != (s.fed_length, len(moe_layers), top_k):
+                raise ValueError(
+                    f"sample {i}: routes of shape {s.routes.shape}, expected "
+                    f"({s.fed_length}, {len(moe_layers)}, {top_k})"
+                )
+            ids[i, : s.fed_length] = torch.from_numpy(s.routes.astype(np.int64))
+        replay = {
+            layer: ids[:, :, j].reshape(b * length, top_k) for j, layer in enumerate(moe_layers)
+        }
+    return Batch(input_ids, attention, targets, loss_mask, rollout, teacher, replay)
