@@ -32,11 +32,133 @@ class EvalConfig:
 
 
 @dataclass
+class PromptsConfig:
+    """The prompt set both stages draw from: train splits of the structured tasks."""
+
+    mix: dict[str, int] = field(
+        default_factory=lambda: {"addition": 256, "arithmetic": 128, "gsm": 64}
+    )
+    seed: int = 0
+
+
+@dataclass
+class RolloutConfig:
+    """vLLM engines serving the student (zeda_rl plugin)."""
+
+    num_workers: int = 1
+    cpus_per_worker: float = 0.5
+    gpus_per_worker: float = 0.0
+    tensor_parallel_size: int = 1
+    max_model_len: int = 1024
+    kv_cache_gib: int = 1
+    temperature: float = 1.0  # stage 2 sampling (method.md section 4)
+    routing_replay: bool = True  # record expert ids for R3
+
+
+@dataclass
+class TeacherPoolConfig:
+    """The frozen teacher in vLLM: stage-1 responses and stage-2 scoring."""
+
+    cpus: float = 0.5
+    gpus: float = 0.0
+    tensor_parallel_size: int = 1
+    max_model_len: int = 1024
+    kv_cache_gib: int = 1
+    temperature: float = 1.0  # must equal rollout.temperature (checked at start-up)
+
+
+@dataclass
+class TrainerConfig:
+    backend: str = "torch"  # torch | megatron (issue #5)
+    num_workers: int = 2
+    cpus_per_worker: float = 0.5
+    gpus_per_worker: float = 0.0
+    micro_batch_size: int = 4
+    # Model parallelism of the megatron backend (validated and planned by dry_run).
+    tensor_parallel: int = 1
+    expert_parallel: int = 1
+    pipeline_parallel: int = 1
+    grad_clip: float = 1.0
+
+
+@dataclass
+class Stage1Config:
+    """SFT on teacher rollouts (method.md section 3)."""
+
+    enabled: bool = True
+    epochs: int = 1
+    global_batch: int = 128
+    lr: float = 2e-5
+    warmup_ratio: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    weight_decay: float = 0.1
+    max_new_tokens: int = 256
+
+
+@dataclass
+class Stage2Config:
+    """On-policy distillation (method.md section 4)."""
+
+    enabled: bool = True
+    steps: int = 321
+    prompts_per_step: int = 16
+    samples_per_prompt: int = 2
+    lr: float = 5e-6
+    ppo_clip: float = 0.2
+    max_new_tokens: int = 256
+
+
+@dataclass
+class WeightSyncConfig:
+    bucket_mb: float = 64.0
+    check_logprobs: bool = False  # after each sync, rollout vs trainer logprobs on a probe
+    check_tolerance: float = 1e-3  # max |difference| of per-token logprobs
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 0  # 0: only at the end of each stage
+    keep: int = 2
+    resume: bool = False
+
+
+@dataclass
+class LoggingConfig:
+    wandb: bool = True
+    wandb_mode: str = "offline"  # offline | online | disabled
+    project: str = "zeda_rl"
+    log_every: int = 1
+
+
+@dataclass
+class ResourcesConfig:
+    """What the Ray cluster offers (checked against the pools before any actor starts)."""
+
+    num_nodes: int = 1
+    cpus_per_node: Optional[float] = None  # noqa: UP045  (None: this machine's cores)
+    gpus_per_node: int = 0
+    gpu_memory_gib: float = 141.0  # H200
+    layout: str = "colocated"  # colocated: pools share nodes | separate: own nodes each
+    timeout_s: float = 600.0  # every remote call waits at most this long
+
+
+@dataclass
 class RunConfig:
     name: str = "zeda"
     model: ModelConfig = field(default_factory=ModelConfig)
     group_aux_loss: GroupAuxLossConfig = field(default_factory=GroupAuxLossConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    teacher: TeacherPoolConfig = field(default_factory=TeacherPoolConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    stage1: Stage1Config = field(default_factory=Stage1Config)
+    stage2: Stage2Config = field(default_factory=Stage2Config)
+    weight_sync: WeightSyncConfig = field(default_factory=WeightSyncConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    seed: int = 0
     dry_run: bool = False
 
 

@@ -70,37 +70,21 @@ def _teacher_dir(cfg: RunConfig, run_dir: Path) -> Path:
     return Path(cfg.model.source)
 
 
-def run(cfg: RunConfig, run_dir: Path) -> dict:
+def _local_checks(
+    cfg: RunConfig,
+    teacher_dir: Path,
+    student_dir: Path,
+    run_dir: Path,
+    summary: dict,
+    timings: dict,
+):
+    """Parity of the masked student, GAL on random tokens, evaluation before adaptation.
+    Returns the teacher model (the reference of later evaluations)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from zeda_rl.convert import convert
     from zeda_rl.losses import group_aux_loss, target_zero_ratio
     from zeda_rl.models import zero_expert_ratio
-
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    teacher_dir = _teacher_dir(cfg, run_dir)
-    timings["teacher"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    student_dir = convert(
-        teacher_dir,
-        run_dir / "student",
-        cfg.model.num_zero_experts,
-        cfg.model.seed,
-        cfg.model.zero_expert_type,
-    )
-    timings["convert"] = time.perf_counter() - t0
-    summary: dict = {
-        "family": cfg.model.family,
-        "teacher": str(teacher_dir),
-        "student": str(student_dir),
-    }
-    if cfg.model.source not in LOCAL_SOURCES:
-        # Full-size checks run inside the distributed pipeline, not on this host.
-        summary["seconds"] = {k: round(v, 2) for k, v in timings.items()}
-        return summary
 
     t0 = time.perf_counter()
     teacher = AutoModelForCausalLM.from_pretrained(teacher_dir).eval()
@@ -135,57 +119,91 @@ def run(cfg: RunConfig, run_dir: Path) -> dict:
             cfg.group_aux_loss.zero_expert_weight,
         ),
     }
-    if cfg.eval.enabled and (teacher_dir / "tokenizer.json").is_file():
+    evaluate_runs = cfg.eval.enabled and (teacher_dir / "tokenizer.json").is_file()
+    if evaluate_runs:
         t0 = time.perf_counter()
-        summary["eval_before_adaptation"] = _evaluate(
-            student, teacher, student_dir, teacher_dir, cfg, run_dir
-        )
-        timings["eval"] = time.perf_counter() - t0
+        summary["eval_before_adaptation"] = {
+            "teacher": _evaluate("teacher", teacher, teacher_dir, None, cfg, run_dir),
+            "student": _evaluate("student", student, student_dir, teacher, cfg, run_dir),
+        }
+        timings["eval_before"] = time.perf_counter() - t0
+    return teacher if evaluate_runs else None
+
+
+def run(cfg: RunConfig, run_dir: Path) -> dict:
+    from transformers import AutoModelForCausalLM
+
+    from zeda_rl.convert import convert
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    teacher_dir = _teacher_dir(cfg, run_dir)
+    timings["teacher"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    student_dir = convert(
+        teacher_dir,
+        run_dir / "student",
+        cfg.model.num_zero_experts,
+        cfg.model.seed,
+        cfg.model.zero_expert_type,
+    )
+    timings["convert"] = time.perf_counter() - t0
+    summary: dict = {
+        "family": cfg.model.family,
+        "teacher": str(teacher_dir),
+        "student": str(student_dir),
+    }
+    # Full-size checkpoints are checked inside the distributed pipeline, not on this host.
+    teacher = None
+    if cfg.model.source in LOCAL_SOURCES:
+        teacher = _local_checks(cfg, teacher_dir, student_dir, run_dir, summary, timings)
+    if cfg.stage1.enabled or cfg.stage2.enabled:
+        from zeda_rl.orchestrator import run_pipeline
+
+        t0 = time.perf_counter()
+        summary["pipeline"] = run_pipeline(cfg, teacher_dir, student_dir, run_dir)
+        timings["pipeline"] = time.perf_counter() - t0
+        final = Path(summary["pipeline"]["student_final"])
+        if teacher is not None:
+            t0 = time.perf_counter()
+            adapted = AutoModelForCausalLM.from_pretrained(final).eval()
+            summary["eval_after_adaptation"] = {
+                "student": _evaluate("student_adapted", adapted, final, teacher, cfg, run_dir)
+            }
+            timings["eval_after"] = time.perf_counter() - t0
     summary["seconds"] = {k: round(v, 2) for k, v in timings.items()}
     return summary
 
 
-def _evaluate(
-    student, teacher, student_dir: Path, teacher_dir: Path, cfg: RunConfig, run_dir: Path
-) -> dict:
+def _evaluate(name: str, model, model_dir: Path, reference, cfg: RunConfig, run_dir: Path) -> dict:
     from transformers import AutoTokenizer
 
     from zeda_rl.eval.generation import Generator
     from zeda_rl.eval.harness import evaluate, suite_items
     from zeda_rl.eval.report import write_report
 
-    tokenizer = AutoTokenizer.from_pretrained(student_dir)
-    items = suite_items(cfg.eval.suite)
-    results = {}
-    runs = (("teacher", teacher, teacher_dir, None), ("student", student, student_dir, teacher))
-    for name, model, model_dir, reference in runs:
-        generator = Generator(cfg.eval.backend, str(model_dir), model, tokenizer)
-        try:
-            result = evaluate(model, tokenizer, items, teacher=reference, generate=generator)
-        finally:
-            generator.close()
-        write_report(
-            result,
-            run_dir / f"eval_before_{name}",
-            f"{name} before adaptation ({cfg.eval.suite} suite)",
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    generator = Generator(cfg.eval.backend, str(model_dir), model, tokenizer)
+    try:
+        result = evaluate(
+            model, tokenizer, suite_items(cfg.eval.suite), teacher=reference, generate=generator
         )
-        s = result["summary"]
-        results[name] = {
-            "accuracy": round(s["accuracy"], 4),
-            "zero_expert_ratio": round(s["zero_expert_ratio"], 4),
-            **(
-                {
-                    "reverse_kl": s["reverse_kl"] and round(s["reverse_kl"], 4),
-                    "top1_agreement": s["top1_agreement"] and round(s["top1_agreement"], 4),
-                }
-                if reference is not None
-                else {}
-            ),
-            "per_benchmark_accuracy": {
-                k: round(v["accuracy"], 3) for k, v in s["per_benchmark"].items()
-            },
-        }
-    return results
+    finally:
+        generator.close()
+    write_report(result, run_dir / f"eval_{name}", f"{name} ({cfg.eval.suite} suite)")
+    s = result["summary"]
+    out = {
+        "accuracy": round(s["accuracy"], 4),
+        "zero_expert_ratio": round(s["zero_expert_ratio"], 4),
+        "per_benchmark_accuracy": {
+            k: round(v["accuracy"], 3) for k, v in s["per_benchmark"].items()
+        },
+    }
+    if reference is not None:
+        out["reverse_kl"] = s["reverse_kl"] and round(s["reverse_kl"], 4)
+        out["top1_agreement"] = s["top1_agreement"] and round(s["top1_agreement"], 4)
+    return out
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
@@ -202,12 +220,6 @@ def main(dict_cfg: DictConfig) -> None:
     print("\n== ZEDA summary ==")
     for key, value in summary.items():
         print(f"{key:32s} {value}")
-    for stage in (
-        "stage 1 (SFT on teacher rollouts)",
-        "stage 2 (on-policy distillation)",
-        "evaluation after adaptation",
-    ):
-        print(f"{stage:32s} not yet: arrives with the distributed pipeline (issue #4)")
 
 
 if __name__ == "__main__":

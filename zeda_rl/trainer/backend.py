@@ -40,7 +40,9 @@ class TrainerBackend(Protocol):
         self, samples: list[Sample], *, objective: str, lr: float, global_tokens: int
     ) -> dict[str, float]: ...
 
-    def logprobs(self, samples: list[Sample], temperature: float) -> list[list[float]]: ...
+    def logprobs(
+        self, samples: list[Sample], temperature: float, replay: bool | None = None
+    ) -> list[list[float]]: ...
 
     def named_tensors(self) -> Iterator[tuple[str, torch.Tensor]]: ...
 
@@ -230,11 +232,15 @@ class TorchBackend:
     # -- inference, export, checkpoints ----------------------------------------------------
 
     @torch.no_grad()
-    def logprobs(self, samples: list[Sample], temperature: float) -> list[list[float]]:
-        """Log-probabilities of each sample's response tokens under the current weights."""
+    def logprobs(
+        self, samples: list[Sample], temperature: float, replay: bool | None = None
+    ) -> list[list[float]]:
+        """Log-probabilities of each sample's response tokens under the current weights
+        (routes replayed from the samples if ``replay``, default: the backend's setting)."""
         self.model.eval()
         try:
-            replay_layers = self.moe_layers if self.routing_replay else None
+            replay = self.routing_replay if replay is None else replay
+            replay_layers = self.moe_layers if replay else None
             batch = collate(samples, pad_id=self.pad_id, moe_layers=replay_layers)
             out = self.model(
                 input_ids=batch.input_ids,

@@ -1,0 +1,395 @@
+"""The ZEDA controller: one Ray driver that runs both stages over three actor pools.
+
+::
+
+    teacher checkpoint ──convert──▶ student checkpoint (router: N real + N_Z zero rows)
+          │                                   │
+          ▼                                   ▼
+    ┌─────────────┐                   ┌──────────────────┐  weights, bucketed through
+    │ teacher pool│                   │  rollout pool     │◀─ the object store after
+    │ vLLM, frozen│                   │  vLLM + zeda      │   every optimizer step
+    └─────┬───────┘                   │  plugin (student) │         ▲
+          │ stage 1: responses        └────────┬─────────┘         │
+          │ stage 2: log p_T of the            │ stage 2: samples,  │
+          │ student's samples                  │ log p_S, expert ids│
+          ▼                                    ▼                    │
+    ┌───────────────────────────────────────────────────────┐      │
+    │ trainer pool: data-parallel ranks (torch, gloo/NCCL)  │──────┘
+    │ stage 1: response NLL + GAL    stage 2: PPO(A = log p_T - log p_S) + GAL, R3 │
+    └───────────────────────────────────────────────────────┘
+
+Every remote call has a timeout; a rollout or teacher actor that dies is restarted (the
+rollout one gets the current weights) and the call retried once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from zeda_rl.config import RunConfig
+from zeda_rl.trainer.batch import Sample
+
+
+class Pools:
+    """Actor handles of the three pools, placed in one placement group."""
+
+    def __init__(self, cfg: RunConfig, teacher_dir: Path, student_dir: Path, stop_ids: list[int]):
+        import ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        from zeda_rl.trainer.backend import local_init_method
+
+        self.cfg, self.teacher_dir, self.stop_ids = cfg, teacher_dir, stop_ids
+        r, t, tr = cfg.rollout, cfg.teacher, cfg.trainer
+        bundles = (
+            [_bundle(r.cpus_per_worker, r.gpus_per_worker)] * r.num_workers
+            + [_bundle(t.cpus, t.gpus)]
+            + [_bundle(tr.cpus_per_worker, tr.gpus_per_worker)] * tr.num_workers
+        )
+        strategy = "PACK" if cfg.resources.layout == "colocated" else "SPREAD"
+        self.group = placement_group(bundles, strategy=strategy, name=f"{cfg.name}-pools")
+        ray.get(self.group.ready(), timeout=cfg.resources.timeout_s)
+        self._bundle = iter(range(len(bundles)))
+
+        def place(cls, name: str, cpus: float, gpus: float):
+            return ray.remote(cls).options(
+                name=name,
+                num_cpus=cpus,
+                num_gpus=gpus,
+                max_restarts=0,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    self.group, placement_group_bundle_index=next(self._bundle)
+                ),
+            )
+
+        from zeda_rl.pools.rollout import RolloutWorker
+        from zeda_rl.pools.teacher import TeacherWorker
+        from zeda_rl.pools.trainer import TrainerWorker
+
+        self._rollout_factories = [
+            place(RolloutWorker, f"rollout-{i}", r.cpus_per_worker, r.gpus_per_worker)
+            for i in range(r.num_workers)
+        ]
+        self._teacher_factory = place(TeacherWorker, "teacher-0", t.cpus, t.gpus)
+        self.student_dir = student_dir
+        self.rollouts = [self._new_rollout(i) for i in range(r.num_workers)]
+        self.teacher = self._new_teacher()
+        init = local_init_method()
+        optim = _optim(cfg, stage=1)
+        self.trainers = [
+            place(TrainerWorker, f"trainer-{rank}", tr.cpus_per_worker, tr.gpus_per_worker).remote(
+                str(student_dir),
+                backend=tr.backend,
+                rank=rank,
+                world_size=tr.num_workers,
+                init_method=init,
+                optim=optim,
+                gal=cfg.group_aux_loss,
+                temperature=cfg.rollout.temperature,
+                routing_replay=cfg.rollout.routing_replay,
+                ppo_clip=cfg.stage2.ppo_clip,
+                seed=cfg.seed,
+            )
+            for rank in range(tr.num_workers)
+        ]
+        self.get([a.ready.remote() for a in [*self.rollouts, self.teacher, *self.trainers]])
+
+    def _new_rollout(self, i: int):
+        r = self.cfg.rollout
+        return self._rollout_factories[i].remote(
+            str(self.student_dir),
+            seed=self.cfg.seed + i,
+            max_model_len=r.max_model_len,
+            kv_cache_gib=r.kv_cache_gib,
+            tensor_parallel_size=r.tensor_parallel_size,
+            capture_routes=r.routing_replay,
+        )
+
+    def _new_teacher(self):
+        t = self.cfg.teacher
+        return self._teacher_factory.remote(
+            str(self.teacher_dir),
+            seed=self.cfg.seed,
+            max_model_len=t.max_model_len,
+            kv_cache_gib=t.kv_cache_gib,
+            tensor_parallel_size=t.tensor_parallel_size,
+            temperature=t.temperature,
+        )
+
+    def get(self, refs):
+        import ray
+
+        return ray.get(refs, timeout=self.cfg.resources.timeout_s)
+
+    def call_teacher(self, method: str, *args, **kwargs):
+        """A teacher call, retried once on a fresh actor if the actor died."""
+        import ray
+
+        try:
+            return self.get(getattr(self.teacher, method).remote(*args, **kwargs))
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as err:
+            print(f"teacher actor failed ({type(err).__name__}); restarting it and retrying")
+            ray.kill(self.teacher, no_restart=True)
+            self.teacher = self._new_teacher()
+            return self.get(getattr(self.teacher, method).remote(*args, **kwargs))
+
+    def generate_rollouts(self, prompts: list[list[int]]) -> list:
+        """Split prompts over the rollout workers; a dead worker is restarted, given the
+        trainer's current weights, and its share retried once."""
+        import ray
+
+        shares = _split(prompts, len(self.rollouts))
+        kwargs = dict(
+            temperature=self.cfg.rollout.temperature,
+            max_tokens=self.cfg.stage2.max_new_tokens,
+            stop_token_ids=self.stop_ids,
+        )
+        refs = [
+            w.generate.remote(share, **kwargs)
+            for w, share in zip(self.rollouts, shares, strict=True)
+        ]
+        out = []
+        for i, ref in enumerate(refs):
+            try:
+                out.append(self.get(ref))
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as err:
+                print(f"rollout-{i} failed ({type(err).__name__}); restarting it and retrying")
+                ray.kill(self.rollouts[i], no_restart=True)
+                self.rollouts[i] = self._new_rollout(i)
+                self.sync_weights(workers=[self.rollouts[i]])
+                out.append(self.get(self.rollouts[i].generate.remote(shares[i], **kwargs)))
+        return [g for part in out for g in part]
+
+    def sync_weights(self, workers: list | None = None) -> dict:
+        from zeda_rl.weight_sync import sync_weights
+
+        return sync_weights(
+            self.trainers[0],
+            workers or self.rollouts,
+            bucket_mb=self.cfg.weight_sync.bucket_mb,
+            timeout_s=self.cfg.resources.timeout_s,
+        )
+
+    def train(self, samples: list[Sample], objective: str, lr: float) -> dict[str, float]:
+        tokens = sum(len(s.response_ids) for s in samples)
+        shares = _split(samples, len(self.trainers))
+        metrics = self.get(
+            [
+                t.train_step.remote(share, objective=objective, lr=lr, global_tokens=tokens)
+                for t, share in zip(self.trainers, shares, strict=True)
+            ]
+        )
+        return metrics[0]  # every rank reports the same all-reduced metrics
+
+    def shutdown(self) -> None:
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        for t in self.trainers:
+            # A dead rank has nothing left to close.
+            with contextlib.suppress(Exception):
+                ray.get(t.close.remote(), timeout=30)
+        for actor in [*self.rollouts, self.teacher, *self.trainers]:
+            ray.kill(actor, no_restart=True)
+        remove_placement_group(self.group)
+
+
+def _bundle(cpus: float, gpus: float) -> dict[str, float]:
+    return {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+
+
+def _split(items: list, parts: int) -> list[list]:
+    """Contiguous, balanced shares (the first ones one longer)."""
+    size, extra = divmod(len(items), parts)
+    out, start = [], 0
+    for i in range(parts):
+        end = start + size + (1 if i < extra else 0)
+        out.append(items[start:end])
+        start = end
+    return out
+
+
+def _optim(cfg: RunConfig, stage: int):
+    from zeda_rl.trainer.backend import OptimConfig
+
+    s = cfg.stage1
+    return OptimConfig(
+        lr=s.lr if stage == 1 else cfg.stage2.lr,
+        betas=tuple(s.betas),
+        weight_decay=s.weight_decay,
+        grad_clip=cfg.trainer.grad_clip,
+        micro_batch_size=cfg.trainer.micro_batch_size,
+    )
+
+
+def cosine_lr(step: int, total: int, peak: float, warmup_ratio: float) -> float:
+    """Linear warm-up over ``warmup_ratio`` of the steps, then cosine to 0 (method.md 3)."""
+    warmup = max(1, round(total * warmup_ratio))
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def run_stage1(
+    cfg: RunConfig, pools: Pools, prompts: list[list[int]], tracker, start_step: int = 0
+) -> dict:
+    """Teacher responses for every prompt, then SFT (response NLL + GAL) over them."""
+    s = cfg.stage1
+    t0 = time.perf_counter()
+    order = [p for epoch in range(s.epochs) for p in _shuffled(prompts, cfg.seed + epoch)]
+    gens = pools.call_teacher(
+        "generate", order, max_tokens=s.max_new_tokens, stop_token_ids=pools.stop_ids
+    )
+    samples = [Sample(g.prompt_ids, g.response_ids) for g in gens if g.response_ids]
+    rollout_s = time.perf_counter() - t0
+    steps = math.ceil(len(samples) / s.global_batch)
+    last: dict = {}
+    for step in range(start_step, steps):
+        t = time.perf_counter()
+        batch = samples[step * s.global_batch : (step + 1) * s.global_batch]
+        lr = cosine_lr(step, steps, s.lr, s.warmup_ratio)
+        metrics = pools.train(batch, "sft", lr)
+        tokens = sum(len(x.prompt_ids) + len(x.response_ids) for x in batch)
+        elapsed = time.perf_counter() - t
+        last = {**metrics, "lr": lr, "train_s": elapsed, "tokens_per_s": tokens / elapsed}
+        if step == start_step:
+            last["teacher_rollout_s"] = rollout_s
+        tracker.log("stage1", step, last)
+    return {"steps": steps, "samples": len(samples), "teacher_rollout_s": rollout_s, "last": last}
+
+
+def run_stage2(
+    cfg: RunConfig, pools: Pools, prompts: list[list[int]], tracker, start_step: int = 0
+) -> dict:
+    """Student samples, teacher scores, PPO-clipped OPD + GAL with routing replay."""
+    s = cfg.stage2
+    pools.sync_weights()
+    last: dict = {}
+    for step in range(start_step, s.steps):
+        t0 = time.perf_counter()
+        rng = random.Random(cfg.seed * 1_000_003 + step)  # the same data order on resume
+        chosen = rng.sample(prompts, min(s.prompts_per_step, len(prompts)))
+        batch_prompts = [p for p in chosen for _ in range(s.samples_per_prompt)]
+        gens = [g for g in pools.generate_rollouts(batch_prompts) if g.response_ids]
+        t1 = time.perf_counter()
+        teacher_lp = pools.call_teacher("score", [(g.prompt_ids, g.response_ids) for g in gens])
+        t2 = time.perf_counter()
+        samples = [
+            Sample(g.prompt_ids, g.response_ids, g.logprobs, lp, g.routes)
+            for g, lp in zip(gens, teacher_lp, strict=True)
+        ]
+        metrics = pools.train(samples, "opd", s.lr)
+        t3 = time.perf_counter()
+        sync = pools.sync_weights()
+        t4 = time.perf_counter()
+        tokens = sum(len(x.response_ids) for x in samples)
+        last = {
+            **metrics,
+            "lr": s.lr,
+            "response_tokens": tokens,
+            "rollout_s": t1 - t0,
+            "teacher_s": t2 - t1,
+            "train_s": t3 - t2,
+            "sync_s": t4 - t3,
+            "sync_buckets": sync["buckets"],
+            "tokens_per_s": tokens / (t4 - t0),
+        }
+        if cfg.weight_sync.check_logprobs:
+            last["sync_logprob_max_diff"] = check_sync(cfg, pools, samples[:2])
+        tracker.log("stage2", step, last)
+    return {"steps": s.steps, "last": last}
+
+
+def check_sync(cfg: RunConfig, pools: Pools, probe: list[Sample]) -> float:
+    """Rollout engine vs trainer logprobs of the same tokens after a sync (fresh routing on
+    both sides, temperature 1): they must agree to ``weight_sync.check_tolerance``."""
+    engine = pools.get(
+        pools.rollouts[0].score.remote([(s.prompt_ids, s.response_ids) for s in probe], 1.0)
+    )
+    trainer = pools.get(pools.trainers[0].logprobs.remote(probe, 1.0, False))
+    diff = max(
+        abs(a - b) for e, t in zip(engine, trainer, strict=True) for a, b in zip(e, t, strict=True)
+    )
+    if diff > cfg.weight_sync.check_tolerance:
+        raise RuntimeError(
+            f"weight sync check failed: rollout and trainer logprobs differ by {diff:.3e} "
+            f"(> weight_sync.check_tolerance={cfg.weight_sync.check_tolerance})"
+        )
+    return diff
+
+
+def _shuffled(items: list, seed: int) -> list:
+    out = list(items)
+    random.Random(seed).shuffle(out)
+    return out
+
+
+def run_pipeline(cfg: RunConfig, teacher_dir: Path, student_dir: Path, run_dir: Path) -> dict:
+    """Both stages on a local Ray instance; returns timings and the final student folder."""
+    import ray
+    from transformers import AutoTokenizer
+
+    from zeda_rl.data.prompts import build_prompts, tokenize_prompts
+    from zeda_rl.tracking import Tracker
+
+    tokenizer = AutoTokenizer.from_pretrained(student_dir)
+    prompts = tokenize_prompts(tokenizer, build_prompts(dict(cfg.prompts.mix), cfg.prompts.seed))
+    stop_ids = _stop_ids(student_dir)
+    ctx = ray.init(
+        num_cpus=cfg.resources.cpus_per_node,
+        include_dashboard=True,
+        log_to_driver=False,
+        ignore_reinit_error=True,
+    )
+    print(f"Ray dashboard: http://{ctx.dashboard_url}", flush=True)
+    tracker = Tracker(
+        run_dir,
+        asdict(cfg),
+        use_wandb=cfg.logging.wandb,
+        mode=cfg.logging.wandb_mode,
+        project=cfg.logging.project,
+    )
+    summary: dict = {"dashboard": f"http://{ctx.dashboard_url}"}
+    t0 = time.perf_counter()
+    pools = Pools(cfg, teacher_dir, student_dir, stop_ids)
+    summary["pools_start_s"] = round(time.perf_counter() - t0, 1)
+    try:
+        if cfg.stage1.enabled:
+            t = time.perf_counter()
+            summary["stage1"] = run_stage1(cfg, pools, prompts, tracker)
+            summary["stage1"]["seconds"] = round(time.perf_counter() - t, 1)
+        if cfg.stage2.enabled:
+            t = time.perf_counter()
+            summary["stage2"] = run_stage2(cfg, pools, prompts, tracker)
+            summary["stage2"]["seconds"] = round(time.perf_counter() - t, 1)
+        final = run_dir / "student_final"
+        pools.get([t.save.remote(str(final)) for t in pools.trainers])  # collective
+        for name in (
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "chat_template.jinja",
+            "generation_config.json",
+        ):
+            if (student_dir / name).is_file():
+                (final / name).write_bytes((student_dir / name).read_bytes())
+        summary["student_final"] = str(final)
+    finally:
+        pools.shutdown()
+        tracker.close()
+        ray.shutdown()
+    return summary
+
+
+def _stop_ids(model_dir: Path) -> list[int]:
+    import json
+
+    config = json.loads((model_dir / "config.json").read_text())
+    eos = config.get("eos_token_id")
+    return [eos] if isinstance(eos, int) else list(eos or [])

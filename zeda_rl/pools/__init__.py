@@ -1,0 +1,1 @@
+"""Ray actor pools: vLLM rollout engines (student), the frozen teacher, trainer workers."""

@@ -1,0 +1,153 @@
+"""vLLM engine helpers shared by the rollout and teacher pools (one engine per actor).
+
+Token ids in, token ids out: prompts are tokenised once by the controller with the run's
+tokenizer, so student and teacher see identical tokens.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Generation:
+    prompt_ids: list[int]
+    response_ids: list[int]
+    logprobs: list[float]  # of the sampled tokens, at the sampling temperature
+    finish_reason: str
+    routes: np.ndarray | None = None  # [prompt + response - 1, MoE layers, K], zero ids included
+
+
+def start_engine(
+    model_dir: str,
+    *,
+    seed: int,
+    max_model_len: int,
+    kv_cache_gib: int,
+    tensor_parallel_size: int = 1,
+    capture_routes: bool = False,
+    full_vocab_logprobs: bool = False,
+):
+    """An in-process vLLM engine inside this (actor) process."""
+    # vLLM reads these at engine start; the in-process engine keeps one process per actor.
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    from vllm import LLM
+
+    from zeda_rl.vllm_plugin.worker import WORKER_EXTENSION
+
+    llm = LLM(
+        model=model_dir,
+        skip_tokenizer_init=True,
+        dtype="float32" if _on_cpu() else "bfloat16",
+        seed=seed,
+        max_model_len=max_model_len,
+        tensor_parallel_size=tensor_parallel_size,
+        distributed_executor_backend="uni" if tensor_parallel_size == 1 else None,
+        enforce_eager=True,
+        # Sampled-token logprobs after temperature scaling: the distribution sampled from.
+        logprobs_mode="processed_logprobs",
+        max_logprobs=-1 if full_vocab_logprobs else 20,
+        worker_extension_cls=WORKER_EXTENSION,
+        # Route capture needs every position computed; cached prefixes would be skipped.
+        enable_prefix_caching=not capture_routes,
+    )
+    if capture_routes:
+        llm.collective_rpc("zeda_enable_route_capture")
+    return llm
+
+
+def _on_cpu() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def sample(
+    llm,
+    prompts: list[list[int]],
+    *,
+    temperature: float,
+    max_tokens: int,
+    stop_token_ids: list[int],
+    capture_routes: bool = False,
+) -> list[Generation]:
+    """One sampled response per prompt (repeat a prompt for several samples).
+
+    Randomness comes from the engine's seed (set at start-up); vLLM's per-request seeds
+    need generator offsets that CPU generators lack (chunked prefill fails with them).
+    """
+    from vllm import SamplingParams
+
+    params = SamplingParams(
+        temperature=temperature,
+        max_tokens=max_tokens,
+        logprobs=0,
+        stop_token_ids=stop_token_ids,
+        detokenize=False,
+    )
+    outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    routes = _take_routes(llm) if capture_routes else {}
+    result = []
+    for prompt, out in zip(prompts, outputs, strict=True):
+        completion = out.outputs[0]
+        ids = list(completion.token_ids)
+        steps = zip(completion.logprobs, ids, strict=True)
+        fed = tuple(prompt + ids[:-1])
+        if capture_routes and fed not in routes:
+            raise RuntimeError("rollout routes missing for a request (route capture mismatch)")
+        result.append(
+            Generation(
+                prompt,
+                ids,
+                [step[t].logprob for step, t in steps],
+                str(completion.finish_reason),
+                routes.get(fed),
+            )
+        )
+    return result
+
+
+def _take_routes(llm) -> dict[tuple[int, ...], np.ndarray]:
+    (recorded,) = llm.collective_rpc("zeda_take_routes")
+    return {
+        tuple(np.frombuffer(tokens, np.int64).tolist()): np.frombuffer(r, np.int16).reshape(s)
+        for tokens, r, s in recorded
+    }
+
+
+def score(
+    llm, sequences: list[tuple[list[int], list[int]]], *, temperature: float
+) -> list[list[float]]:
+    """log p(response token | everything before it) at ``temperature`` for each
+    (prompt, response), from one prefill per sequence.
+
+    vLLM's prompt log-probabilities come from the raw logits; at temperature 1 they are the
+    answer, at any other temperature the full distribution is requested and rescaled
+    (log softmax(log p / T) equals log softmax(logits / T)), which needs an engine started
+    with ``full_vocab_logprobs``.
+    """
+    import torch
+    from vllm import SamplingParams
+
+    full = temperature != 1.0
+    params = SamplingParams(max_tokens=1, prompt_logprobs=-1 if full else 0, detokenize=False)
+    seqs = [p + r for p, r in sequences]
+    outputs = llm.generate([{"prompt_token_ids": s} for s in seqs], params, use_tqdm=False)
+    result = []
+    for (prompt, _), seq, out in zip(sequences, seqs, outputs, strict=True):
+        values = []
+        for pos in range(len(prompt), len(seq)):
+            entry = out.prompt_logprobs[pos]
+            if not full:
+                values.append(entry[seq[pos]].logprob)
+                continue
+            ids = torch.tensor(list(entry.keys()))
+            raw = torch.tensor([lp.logprob for lp in entry.values()], dtype=torch.float64)
+            scaled = torch.log_softmax(raw / temperature, dim=0)
+            values.append(float(scaled[(ids == seq[pos]).nonzero()[0, 0]]))
+        result.append(values)
+    return result

@@ -1,0 +1,67 @@
+"""Rollout pool: vLLM engines serving the ZEDA student (through the zeda_rl plugin).
+
+Each worker samples responses with their log-probabilities and, for routing replay, the
+expert ids of every fed token; it takes new weights from the trainer after each step.
+"""
+
+from __future__ import annotations
+
+from zeda_rl.pools.engine import Generation, sample, score, start_engine
+
+
+class RolloutWorker:
+    def __init__(
+        self,
+        model_dir: str,
+        *,
+        seed: int,
+        max_model_len: int,
+        kv_cache_gib: int,
+        tensor_parallel_size: int,
+        capture_routes: bool,
+    ):
+        self.capture_routes = capture_routes
+        self.llm = start_engine(
+            model_dir,
+            seed=seed,
+            max_model_len=max_model_len,
+            kv_cache_gib=kv_cache_gib,
+            tensor_parallel_size=tensor_parallel_size,
+            capture_routes=capture_routes,
+        )
+
+    def ready(self) -> int:
+        import os
+
+        return os.getpid()
+
+    def generate(
+        self,
+        prompts: list[list[int]],
+        *,
+        temperature: float,
+        max_tokens: int,
+        stop_token_ids: list[int],
+    ) -> list[Generation]:
+        return sample(
+            self.llm,
+            prompts,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            stop_token_ids=stop_token_ids,
+            capture_routes=self.capture_routes,
+        )
+
+    def score(
+        self, sequences: list[tuple[list[int], list[int]]], temperature: float
+    ) -> list[list[float]]:
+        return score(self.llm, sequences, temperature=temperature)
+
+    def load_weights(self, bucket_refs: list) -> int:
+        """Fetch the trainer's weight buckets from the object store (one at a time) and load
+        them in place; returns the number of tensors loaded."""
+        import ray
+
+        buckets = [ray.get(ref) for ref in bucket_refs]
+        (loaded,) = self.llm.collective_rpc("zeda_load_weights", args=(buckets,))
+        return loaded

@@ -1,0 +1,47 @@
+"""Teacher pool: the frozen original model in vLLM. Stage 1 asks it for responses; stage 2
+for the log-probabilities of the student's sampled tokens (same tokens, same temperature)."""
+
+from __future__ import annotations
+
+from zeda_rl.pools.engine import Generation, sample, score, start_engine
+
+
+class TeacherWorker:
+    def __init__(
+        self,
+        model_dir: str,
+        *,
+        seed: int,
+        max_model_len: int,
+        kv_cache_gib: int,
+        tensor_parallel_size: int,
+        temperature: float,
+    ):
+        self.temperature = temperature
+        self.llm = start_engine(
+            model_dir,
+            seed=seed,
+            max_model_len=max_model_len,
+            kv_cache_gib=kv_cache_gib,
+            tensor_parallel_size=tensor_parallel_size,
+            full_vocab_logprobs=temperature != 1.0,
+        )
+
+    def ready(self) -> int:
+        import os
+
+        return os.getpid()
+
+    def generate(
+        self, prompts: list[list[int]], *, max_tokens: int, stop_token_ids: list[int]
+    ) -> list[Generation]:
+        return sample(
+            self.llm,
+            prompts,
+            temperature=self.temperature,
+            max_tokens=max_tokens,
+            stop_token_ids=stop_token_ids,
+        )
+
+    def score(self, sequences: list[tuple[list[int], list[int]]]) -> list[list[float]]:
+        return score(self.llm, sequences, temperature=self.temperature)

@@ -1,0 +1,50 @@
+"""Metrics of a run: wandb (offline by default, into the run folder), a JSON-lines file, and
+one console line per step."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+class Tracker:
+    def __init__(self, run_dir: Path, config: dict, *, use_wandb: bool, mode: str, project: str):
+        self.path = run_dir / "metrics.jsonl"
+        self.run = None
+        if use_wandb and mode != "disabled":
+            import wandb
+
+            # wandb writes under $WANDB_DIR/wandb/: keep it inside the run folder.
+            os.environ.setdefault("WANDB_DIR", str(run_dir))
+            os.environ.setdefault("WANDB_SILENT", "true")
+            self.run = wandb.init(
+                project=project,
+                mode=mode,
+                dir=str(run_dir),
+                config=config,
+                name=run_dir.name,
+                reinit="finish_previous",
+            )
+
+    def log(self, stage: str, step: int, metrics: dict[str, float], console: bool = True) -> None:
+        row = {"stage": stage, "step": step, **metrics}
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.run is not None:
+            self.run.log({f"{stage}/{k}": v for k, v in metrics.items()})
+        if console:
+            shown = [k for k in metrics if "/" not in k]
+            text = "  ".join(f"{k} {_fmt(metrics[k])}" for k in shown)
+            print(f"[{stage} {step:4d}] {text}", flush=True)
+
+    def close(self) -> None:
+        if self.run is not None:
+            self.run.finish()
+            self.run = None
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
