@@ -119,7 +119,10 @@ class WeightSyncConfig:
 class CheckpointConfig:
     every_steps: int = 0  # 0: only at the end of each stage
     keep: int = 2
+    # Continue from the newest valid checkpoint under ``dir`` (default <run dir>/checkpoints;
+    # relaunch with hydra.run.dir=<the run's folder> to resume it in place).
     resume: bool = False
+    dir: Optional[str] = None  # noqa: UP045
 
 
 @dataclass

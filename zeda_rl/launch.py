@@ -20,37 +20,11 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from zeda_rl.config import MODEL_FAMILIES, RunConfig, register_configs
+from zeda_rl.config import RunConfig, register_configs
+from zeda_rl.validation import LOCAL_SOURCES, validate
 
 register_configs()
-LOCAL_SOURCES = ("teacher", "random")
-
-
-def validate(cfg: RunConfig) -> None:
-    """Fail on bad configuration before any model is built."""
-    from zeda_rl.teacher.presets import PRESETS
-
-    if cfg.model.family not in MODEL_FAMILIES:
-        raise ValueError(f"model.family={cfg.model.family!r}: choose one of {MODEL_FAMILIES}")
-    if (
-        cfg.model.source not in LOCAL_SOURCES
-        and not (Path(cfg.model.source) / "config.json").is_file()
-    ):
-        raise ValueError(
-            f"model.source={cfg.model.source!r}: not {LOCAL_SOURCES} and no Hugging Face checkpoint there"
-        )
-    if cfg.model.source == "teacher" and cfg.model.teacher_preset not in PRESETS:
-        raise ValueError(
-            f"model.teacher_preset={cfg.model.teacher_preset!r}: choose one of {sorted(PRESETS)}"
-        )
-    if cfg.model.zero_expert_type not in ("zero", "copy"):
-        raise ValueError(f"model.zero_expert_type={cfg.model.zero_expert_type!r}: 'zero' or 'copy'")
-    if cfg.model.num_zero_experts is not None and cfg.model.num_zero_experts < 1:
-        raise ValueError(f"model.num_zero_experts={cfg.model.num_zero_experts} must be >= 1")
-    if cfg.eval.suite not in ("tiny", "full"):
-        raise ValueError(f"eval.suite={cfg.eval.suite!r}: 'tiny' or 'full'")
-    if cfg.eval.backend not in ("vllm", "hf"):
-        raise ValueError(f"eval.backend={cfg.eval.backend!r}: 'vllm' or 'hf'")
+__all__ = ["main", "run", "validate"]
 
 
 def _random_teacher(family: str, seed: int, out: Path) -> Path:
@@ -141,13 +115,16 @@ def run(cfg: RunConfig, run_dir: Path) -> dict:
     timings["teacher"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    student_dir = convert(
-        teacher_dir,
-        run_dir / "student",
-        cfg.model.num_zero_experts,
-        cfg.model.seed,
-        cfg.model.zero_expert_type,
-    )
+    student_dir = run_dir / "student"
+    if not (cfg.checkpoint.resume and (student_dir / "config.json").is_file()):
+        # (a resumed run keeps its converted student; the converter never overwrites)
+        convert(
+            teacher_dir,
+            student_dir,
+            cfg.model.num_zero_experts,
+            cfg.model.seed,
+            cfg.model.zero_expert_type,
+        )
     timings["convert"] = time.perf_counter() - t0
     summary: dict = {
         "family": cfg.model.family,

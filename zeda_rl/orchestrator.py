@@ -25,6 +25,7 @@ rollout one gets the current weights) and the call retried once.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import random
 import time
@@ -238,16 +239,29 @@ def cosine_lr(step: int, total: int, peak: float, warmup_ratio: float) -> float:
 
 
 def run_stage1(
-    cfg: RunConfig, pools: Pools, prompts: list[list[int]], tracker, start_step: int = 0
+    cfg: RunConfig, pools: Pools, prompts: list[list[int]], tracker, ckpt, start_step: int = 0
 ) -> dict:
-    """Teacher responses for every prompt, then SFT (response NLL + GAL) over them."""
+    """Teacher responses for every prompt (kept in the run folder, so a resumed run trains on
+    the same data in the same order), then SFT (response NLL + GAL) over them."""
     s = cfg.stage1
     t0 = time.perf_counter()
-    order = [p for epoch in range(s.epochs) for p in _shuffled(prompts, cfg.seed + epoch)]
-    gens = pools.call_teacher(
-        "generate", order, max_tokens=s.max_new_tokens, stop_token_ids=pools.stop_ids
-    )
-    samples = [Sample(g.prompt_ids, g.response_ids) for g in gens if g.response_ids]
+    data_file = ckpt.run_dir / "stage1_samples.jsonl"
+    if data_file.is_file():
+        samples = [Sample(**json.loads(line)) for line in data_file.read_text().splitlines()]
+    else:
+        order = [p for epoch in range(s.epochs) for p in _shuffled(prompts, cfg.seed + epoch)]
+        gens = pools.call_teacher(
+            "generate", order, max_tokens=s.max_new_tokens, stop_token_ids=pools.stop_ids
+        )
+        samples = [Sample(g.prompt_ids, g.response_ids) for g in gens if g.response_ids]
+        tmp = data_file.with_suffix(".tmp")
+        tmp.write_text(
+            "".join(
+                json.dumps({"prompt_ids": x.prompt_ids, "response_ids": x.response_ids}) + "\n"
+                for x in samples
+            )
+        )
+        tmp.rename(data_file)
     rollout_s = time.perf_counter() - t0
     steps = math.ceil(len(samples) / s.global_batch)
     last: dict = {}
@@ -262,11 +276,12 @@ def run_stage1(
         if step == start_step:
             last["teacher_rollout_s"] = rollout_s
         tracker.log("stage1", step, last)
+        ckpt.maybe_save("stage1", step, last_step=step == steps - 1)
     return {"steps": steps, "samples": len(samples), "teacher_rollout_s": rollout_s, "last": last}
 
 
 def run_stage2(
-    cfg: RunConfig, pools: Pools, prompts: list[list[int]], tracker, start_step: int = 0
+    cfg: RunConfig, pools: Pools, prompts: list[list[int]], tracker, ckpt, start_step: int = 0
 ) -> dict:
     """Student samples, teacher scores, PPO-clipped OPD + GAL with routing replay."""
     s = cfg.stage2
@@ -304,6 +319,7 @@ def run_stage2(
         if cfg.weight_sync.check_logprobs:
             last["sync_logprob_max_diff"] = check_sync(cfg, pools, samples[:2])
         tracker.log("stage2", step, last)
+        ckpt.maybe_save("stage2", step, last_step=step == s.steps - 1)
     return {"steps": s.steps, "last": last}
 
 
@@ -323,6 +339,32 @@ def check_sync(cfg: RunConfig, pools: Pools, probe: list[Sample]) -> float:
             f"(> weight_sync.check_tolerance={cfg.weight_sync.check_tolerance})"
         )
     return diff
+
+
+class Checkpointer:
+    """Saves at ``checkpoint.every_steps`` and at each stage's last step; all trainer ranks
+    take part (the save is collective), rank 0 writes."""
+
+    def __init__(self, cfg: RunConfig, pools: Pools, run_dir: Path):
+        self.cfg, self.pools, self.run_dir = cfg, pools, run_dir
+        self.root = checkpoint_root(cfg, run_dir)
+
+    def maybe_save(self, stage: str, step: int, last_step: bool) -> Path | None:
+        every = self.cfg.checkpoint.every_steps
+        if not last_step and not (every > 0 and (step + 1) % every == 0):
+            return None
+        from zeda_rl.checkpoint import save_checkpoint
+
+        def write(folder: Path) -> None:
+            self.pools.get([t.save.remote(str(folder)) for t in self.pools.trainers])
+
+        return save_checkpoint(
+            self.root, stage, step, write, {"seed": self.cfg.seed}, self.cfg.checkpoint.keep
+        )
+
+
+def checkpoint_root(cfg: RunConfig, run_dir: Path) -> Path:
+    return Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else run_dir / "checkpoints"
 
 
 def _shuffled(items: list, seed: int) -> list:
@@ -357,17 +399,32 @@ def run_pipeline(cfg: RunConfig, teacher_dir: Path, student_dir: Path, run_dir: 
         project=cfg.logging.project,
     )
     summary: dict = {"dashboard": f"http://{ctx.dashboard_url}"}
+    start = {"stage1": 0, "stage2": 0}
+    weights_dir = student_dir
+    resumed = _resume_point(cfg, run_dir) if cfg.checkpoint.resume else None
+    if resumed is not None:
+        weights_dir, state = resumed
+        summary["resumed_from"] = str(weights_dir)
+        if state["stage"] == "stage1":
+            start["stage1"] = state["step"] + 1
+        else:
+            start["stage1"], start["stage2"] = -1, state["step"] + 1
+        print(f"resuming from {weights_dir} ({state['stage']} step {state['step']})", flush=True)
     t0 = time.perf_counter()
-    pools = Pools(cfg, teacher_dir, student_dir, stop_ids)
+    pools = Pools(cfg, teacher_dir, weights_dir, stop_ids)
+    if resumed is not None:
+        pools.get([t.load_optimizer.remote(str(weights_dir)) for t in pools.trainers])
     summary["pools_start_s"] = round(time.perf_counter() - t0, 1)
+    summary["dashboard_actors"] = _dashboard_actors(summary["dashboard"])
+    ckpt = Checkpointer(cfg, pools, run_dir)
     try:
-        if cfg.stage1.enabled:
+        if cfg.stage1.enabled and start["stage1"] >= 0:
             t = time.perf_counter()
-            summary["stage1"] = run_stage1(cfg, pools, prompts, tracker)
+            summary["stage1"] = run_stage1(cfg, pools, prompts, tracker, ckpt, start["stage1"])
             summary["stage1"]["seconds"] = round(time.perf_counter() - t, 1)
         if cfg.stage2.enabled:
             t = time.perf_counter()
-            summary["stage2"] = run_stage2(cfg, pools, prompts, tracker)
+            summary["stage2"] = run_stage2(cfg, pools, prompts, tracker, ckpt, start["stage2"])
             summary["stage2"]["seconds"] = round(time.perf_counter() - t, 1)
         final = run_dir / "student_final"
         pools.get([t.save.remote(str(final)) for t in pools.trainers])  # collective
@@ -385,6 +442,28 @@ def run_pipeline(cfg: RunConfig, teacher_dir: Path, student_dir: Path, run_dir: 
         tracker.close()
         ray.shutdown()
     return summary
+
+
+def _dashboard_actors(url: str) -> dict[str, str]:
+    """The pools as the dashboard shows them (a failure to read it is reported, not fatal)."""
+    from zeda_rl.dashboard import live_actors
+
+    try:
+        actors = live_actors(url)
+    except OSError as err:
+        print(f"could not read the Ray dashboard at {url}: {err}", flush=True)
+        return {}
+    print("actors on the dashboard: " + ", ".join(f"{k} ({v})" for k, v in sorted(actors.items())))
+    return actors
+
+
+def _resume_point(cfg: RunConfig, run_dir: Path) -> tuple[Path, dict] | None:
+    from zeda_rl.checkpoint import latest_checkpoint
+
+    found = latest_checkpoint(checkpoint_root(cfg, run_dir))
+    if found is None:
+        print("checkpoint.resume=true but no valid checkpoint found: starting fresh", flush=True)
+    return found
 
 
 def _stop_ids(model_dir: Path) -> list[int]:

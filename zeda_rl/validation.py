@@ -1,0 +1,147 @@
+"""Every invalid configuration fails here, before any model is built or actor started, with
+a message naming the field."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from zeda_rl.config import MODEL_FAMILIES, RunConfig
+
+LOCAL_SOURCES = ("teacher", "random")
+TRAINER_BACKENDS = ("torch",)  # "megatron": issue #5
+
+
+def _fail(message: str) -> None:
+    raise ValueError(message)
+
+
+def model_shape(cfg: RunConfig) -> dict | None:
+    """Experts, top-k of the teacher (from its config.json or the teacher preset)."""
+    if cfg.model.source == "teacher":
+        from zeda_rl.teacher.presets import PRESETS
+
+        preset = PRESETS[cfg.model.teacher_preset].for_family(cfg.model.family)
+        return {"experts": preset.num_experts, "top_k": preset.top_k}
+    if cfg.model.source == "random":
+        return None
+    config = json.loads((Path(cfg.model.source) / "config.json").read_text())
+    experts = (
+        config.get("n_routed_experts")
+        or config.get("num_experts")
+        or config.get("num_local_experts")
+    )
+    return {"experts": experts, "top_k": config.get("num_experts_per_tok")}
+
+
+def validate(cfg: RunConfig) -> None:
+    from zeda_rl.data.tasks import TASKS
+    from zeda_rl.teacher.presets import PRESETS
+
+    m = cfg.model
+    if m.family not in MODEL_FAMILIES:
+        _fail(f"model.family={m.family!r}: choose one of {MODEL_FAMILIES}")
+    if m.source not in LOCAL_SOURCES and not (Path(m.source) / "config.json").is_file():
+        _fail(
+            f"model.source={m.source!r}: not {LOCAL_SOURCES} and no Hugging Face checkpoint there"
+        )
+    if m.source == "teacher" and m.teacher_preset not in PRESETS:
+        _fail(f"model.teacher_preset={m.teacher_preset!r}: choose one of {sorted(PRESETS)}")
+    if m.zero_expert_type not in ("zero", "copy"):
+        _fail(f"model.zero_expert_type={m.zero_expert_type!r}: 'zero' or 'copy'")
+    if m.num_zero_experts is not None and m.num_zero_experts < 1:
+        _fail(f"model.num_zero_experts={m.num_zero_experts} must be >= 1")
+    if cfg.eval.suite not in ("tiny", "full"):
+        _fail(f"eval.suite={cfg.eval.suite!r}: 'tiny' or 'full'")
+    if cfg.eval.backend not in ("vllm", "hf"):
+        _fail(f"eval.backend={cfg.eval.backend!r}: 'vllm' or 'hf'")
+
+    shape = model_shape(cfg)
+    if shape is not None and shape["experts"] and shape["top_k"]:
+        if shape["top_k"] > shape["experts"]:
+            _fail(
+                f"the teacher's num_experts_per_tok={shape['top_k']} exceeds its "
+                f"{shape['experts']} experts"
+            )
+        ep = cfg.trainer.expert_parallel
+        if ep < 1 or shape["experts"] % ep:
+            _fail(f"trainer.expert_parallel={ep} must divide the {shape['experts']} routed experts")
+
+    unknown = sorted(set(cfg.prompts.mix) - set(TASKS))
+    if unknown:
+        _fail(f"prompts.mix: unknown tasks {unknown}; available {sorted(TASKS)}")
+    if any(n < 0 for n in cfg.prompts.mix.values()) or sum(cfg.prompts.mix.values()) < 1:
+        _fail(f"prompts.mix={dict(cfg.prompts.mix)}: needs at least one prompt, no negative counts")
+
+    r, t, tr = cfg.rollout, cfg.teacher, cfg.trainer
+    if r.temperature != t.temperature:
+        _fail(
+            f"rollout.temperature={r.temperature} != teacher.temperature={t.temperature}: the "
+            "teacher must score the student's samples at the temperature they were drawn at"
+        )
+    if r.temperature <= 0:
+        _fail(f"rollout.temperature={r.temperature} must be > 0 (on-policy sampling)")
+    if tr.backend not in TRAINER_BACKENDS:
+        _fail(
+            f"trainer.backend={tr.backend!r}: available {TRAINER_BACKENDS} "
+            "(the megatron backend arrives with issue #5)"
+        )
+    for name, value in (
+        ("rollout.num_workers", r.num_workers),
+        ("trainer.num_workers", tr.num_workers),
+        ("trainer.micro_batch_size", tr.micro_batch_size),
+        ("rollout.tensor_parallel_size", r.tensor_parallel_size),
+        ("teacher.tensor_parallel_size", t.tensor_parallel_size),
+        ("stage1.epochs", cfg.stage1.epochs),
+        ("stage1.global_batch", cfg.stage1.global_batch),
+        ("stage2.prompts_per_step", cfg.stage2.prompts_per_step),
+        ("stage2.samples_per_prompt", cfg.stage2.samples_per_prompt),
+        ("checkpoint.keep", cfg.checkpoint.keep),
+    ):
+        if value < 1:
+            _fail(f"{name}={value} must be >= 1")
+    if cfg.stage2.steps < 0 or cfg.checkpoint.every_steps < 0:
+        _fail("stage2.steps and checkpoint.every_steps must be >= 0")
+    if cfg.stage1.global_batch < tr.num_workers:
+        _fail(
+            f"stage1.global_batch={cfg.stage1.global_batch} < trainer.num_workers="
+            f"{tr.num_workers}: every rank needs samples"
+        )
+    per_step = cfg.stage2.prompts_per_step * cfg.stage2.samples_per_prompt
+    if per_step < tr.num_workers or per_step < r.num_workers:
+        _fail(
+            f"stage2.prompts_per_step x samples_per_prompt = {per_step} is smaller than the "
+            f"rollout ({r.num_workers}) or trainer ({tr.num_workers}) pool"
+        )
+    if not 0 <= cfg.stage1.warmup_ratio < 1:
+        _fail(f"stage1.warmup_ratio={cfg.stage1.warmup_ratio} must be in [0, 1)")
+    if cfg.logging.wandb_mode not in ("offline", "online", "disabled"):
+        _fail(f"logging.wandb_mode={cfg.logging.wandb_mode!r}: offline | online | disabled")
+
+    res = cfg.resources
+    if res.layout not in ("colocated", "separate"):
+        _fail(f"resources.layout={res.layout!r}: 'colocated' or 'separate'")
+    cpus = r.num_workers * r.cpus_per_worker + t.cpus + tr.num_workers * tr.cpus_per_worker
+    gpus = r.num_workers * r.gpus_per_worker + t.gpus + tr.num_workers * tr.gpus_per_worker
+    have_cpus = (res.cpus_per_node or os.cpu_count() or 1) * res.num_nodes
+    have_gpus = res.gpus_per_node * res.num_nodes
+    if cpus > have_cpus + 1e-9:
+        _fail(
+            f"the pools ask for {cpus:g} CPUs (rollout {r.num_workers}x{r.cpus_per_worker:g}, "
+            f"teacher {t.cpus:g}, trainer {tr.num_workers}x{tr.cpus_per_worker:g}) but "
+            f"resources offer {have_cpus:g}"
+        )
+    if gpus > have_gpus + 1e-9:
+        _fail(
+            f"the pools ask for {gpus:g} GPUs but resources offer {have_gpus} ({res.num_nodes} "
+            f"node(s) x resources.gpus_per_node={res.gpus_per_node})"
+        )
+    for name, tp, per in (
+        ("rollout", r.tensor_parallel_size, r.gpus_per_worker),
+        ("teacher", t.tensor_parallel_size, t.gpus),
+    ):
+        if tp > 1 and per < tp:
+            _fail(f"{name}.tensor_parallel_size={tp} needs {tp} GPUs per engine, got {per:g}")
+    if cfg.checkpoint.resume and cfg.checkpoint.dir and not Path(cfg.checkpoint.dir).is_dir():
+        _fail(f"checkpoint.dir={cfg.checkpoint.dir!r} does not exist (checkpoint.resume=true)")
