@@ -96,6 +96,7 @@ class Pools:
                 routing_replay=cfg.rollout.routing_replay,
                 ppo_clip=cfg.stage2.ppo_clip,
                 seed=cfg.seed,
+                threads=max(1, int(tr.cpus_per_worker)),
             )
             for rank in range(tr.num_workers)
         ]

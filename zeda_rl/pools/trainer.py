@@ -26,9 +26,15 @@ class TrainerWorker:
         routing_replay: bool,
         ppo_clip: float,
         seed: int,
+        threads: int = 1,
     ):
         if backend not in BACKENDS:
             raise ValueError(f"trainer.backend={backend!r}: available {BACKENDS}")
+        import torch
+
+        # Ray does not cap intra-op threads for fractional CPUs: ranks sharing cores would
+        # oversubscribe them (measured: 10x slower steps with 2 ranks on 2 cores).
+        torch.set_num_threads(threads)
         self.rank = rank
         self.backend = TorchBackend(
             model_dir,
