@@ -87,3 +87,17 @@ def test_bad_config_fails_before_work(tmp_path, overrides, message):
     assert result.returncode != 0
     assert message in result.stderr + result.stdout
     assert not (tmp_path / "run" / "student").exists()
+
+
+@pytest.mark.parametrize("experiment", ["qwen3_30b_a3b", "glm47"])
+def test_big_presets_plan_without_weights(tmp_path, experiment):
+    """dry_run validates the 8-GPU preset and prints its memory plan; nothing is loaded."""
+    result = _launch(tmp_path, f"+experiment={experiment}", "dry_run=true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    assert plan["gpus_needed"] == 8
+    assert plan["machines"]["8x H200"]["fits"] is True
+    assert plan["machines"]["4x H200"]["why_not"] == ["needs 8 GPUs"]
+    assert 29 < plan["parameters_billion"]["total"] < 32
+    assert "8x H200 (141 GiB each): fits" in result.stdout
+    assert not (tmp_path / "run" / "student").exists()

@@ -22,6 +22,9 @@ class ModelConfig:
     num_zero_experts: Optional[int] = None  # default N/2  # noqa: UP045 (OmegaConf needs Optional)
     zero_expert_type: str = "zero"
     seed: int = 0
+    # Known real shapes (zeda_rl/plan.py: qwen3_30b_a3b | glm47): what dry_run plans with
+    # when no checkpoint is at hand.
+    architecture: Optional[str] = None  # noqa: UP045
 
 
 @dataclass
@@ -51,6 +54,7 @@ class RolloutConfig:
     tensor_parallel_size: int = 1
     max_model_len: int = 1024
     kv_cache_gib: int = 1
+    max_prompt_tokens: int = 1024  # for the memory plan
     temperature: float = 1.0  # stage 2 sampling (method.md section 4)
     routing_replay: bool = True  # record expert ids for R3
 
@@ -79,6 +83,7 @@ class TrainerConfig:
     expert_parallel: int = 1
     pipeline_parallel: int = 1
     grad_clip: float = 1.0
+    optimizer_offload: bool = False  # Adam state in CPU memory (as the ZEDA authors ran)
 
 
 @dataclass

@@ -183,14 +183,32 @@ def _evaluate(name: str, model, model_dir: Path, reference, cfg: RunConfig, run_
     return out
 
 
+def _dry_run(cfg: RunConfig, run_dir: Path) -> None:
+    """Print (and save) the plan; nothing is loaded."""
+    from zeda_rl.plan import ARCHITECTURES, format_plan, plan
+
+    name = cfg.model.architecture
+    if name is None:
+        print("dry_run: config validated (set model.architecture for a memory plan)")
+        return
+    arch = ARCHITECTURES[name]
+    zero = cfg.model.num_zero_experts or arch.experts // 2
+    result = plan(cfg, arch, zero)
+    (run_dir / "plan.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(format_plan(result))
+
+
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(dict_cfg: DictConfig) -> None:
+    if dict_cfg.get("dry_run") and OmegaConf.is_missing(dict_cfg.model, "source"):
+        dict_cfg.model.source = ""  # planning from model.architecture needs no checkpoint
     cfg: RunConfig = OmegaConf.to_object(dict_cfg)
     validate(cfg)
     run_dir = Path(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
     print(f"zeda_rl: experiment {cfg.name}, output {run_dir}")
     if cfg.dry_run:
         print(OmegaConf.to_yaml(dict_cfg))
+        _dry_run(cfg, run_dir)
         return
     summary = run(cfg, run_dir)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

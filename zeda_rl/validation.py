@@ -37,12 +37,18 @@ def model_shape(cfg: RunConfig) -> dict | None:
 
 def validate(cfg: RunConfig) -> None:
     from zeda_rl.data.tasks import TASKS
+    from zeda_rl.plan import ARCHITECTURES
     from zeda_rl.teacher.presets import PRESETS
 
     m = cfg.model
     if m.family not in MODEL_FAMILIES:
         _fail(f"model.family={m.family!r}: choose one of {MODEL_FAMILIES}")
-    if m.source not in LOCAL_SOURCES and not (Path(m.source) / "config.json").is_file():
+    if m.architecture is not None and m.architecture not in ARCHITECTURES:
+        _fail(f"model.architecture={m.architecture!r}: one of {sorted(ARCHITECTURES)} or null")
+    planning_only = cfg.dry_run and not m.source and m.architecture is not None
+    if not planning_only and (
+        m.source not in LOCAL_SOURCES and not (Path(m.source) / "config.json").is_file()
+    ):
         _fail(
             f"model.source={m.source!r}: not {LOCAL_SOURCES} and no Hugging Face checkpoint there"
         )
@@ -57,7 +63,11 @@ def validate(cfg: RunConfig) -> None:
     if cfg.eval.backend not in ("vllm", "hf"):
         _fail(f"eval.backend={cfg.eval.backend!r}: 'vllm' or 'hf'")
 
-    shape = model_shape(cfg)
+    if planning_only:
+        arch = ARCHITECTURES[m.architecture]
+        shape = {"experts": arch.experts, "top_k": arch.top_k}
+    else:
+        shape = model_shape(cfg)
     if shape is not None and shape["experts"] and shape["top_k"]:
         if shape["top_k"] > shape["experts"]:
             _fail(
@@ -82,7 +92,8 @@ def validate(cfg: RunConfig) -> None:
         )
     if r.temperature <= 0:
         _fail(f"rollout.temperature={r.temperature} must be > 0 (on-policy sampling)")
-    if tr.backend not in TRAINER_BACKENDS:
+    # dry_run may plan backends that cannot run yet.
+    if tr.backend not in TRAINER_BACKENDS and not (cfg.dry_run and tr.backend == "megatron"):
         _fail(
             f"trainer.backend={tr.backend!r}: available {TRAINER_BACKENDS} "
             "(the megatron backend arrives with issue #5)"
@@ -123,7 +134,11 @@ def validate(cfg: RunConfig) -> None:
     if res.layout not in ("colocated", "separate"):
         _fail(f"resources.layout={res.layout!r}: 'colocated' or 'separate'")
     cpus = r.num_workers * r.cpus_per_worker + t.cpus + tr.num_workers * tr.cpus_per_worker
-    gpus = r.num_workers * r.gpus_per_worker + t.gpus + tr.num_workers * tr.gpus_per_worker
+    trainer_gpus = tr.num_workers * tr.gpus_per_worker
+    engine_gpus = r.num_workers * r.gpus_per_worker + t.gpus
+    # Colocated: the engines share the trainer's GPUs (they sleep while it trains).
+    colocated = res.layout == "colocated"
+    gpus = max(trainer_gpus, engine_gpus) if colocated else trainer_gpus + engine_gpus
     have_cpus = (res.cpus_per_node or os.cpu_count() or 1) * res.num_nodes
     have_gpus = res.gpus_per_node * res.num_nodes
     if cpus > have_cpus + 1e-9:
@@ -134,8 +149,9 @@ def validate(cfg: RunConfig) -> None:
         )
     if gpus > have_gpus + 1e-9:
         _fail(
-            f"the pools ask for {gpus:g} GPUs but resources offer {have_gpus} ({res.num_nodes} "
-            f"node(s) x resources.gpus_per_node={res.gpus_per_node})"
+            f"the pools ask for {gpus:g} GPUs ({res.layout} layout: trainer {trainer_gpus:g}, "
+            f"engines {engine_gpus:g}) but resources offer {have_gpus} ({res.num_nodes} node(s) "
+            f"x resources.gpus_per_node={res.gpus_per_node})"
         )
     for name, tp, per in (
         ("rollout", r.tensor_parallel_size, r.gpus_per_worker),
