@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -101,3 +102,21 @@ def test_big_presets_plan_without_weights(tmp_path, experiment):
     assert 29 < plan["parameters_billion"]["total"] < 32
     assert "8x H200 (141 GiB each): fits" in result.stdout
     assert not (tmp_path / "run" / "student").exists()
+
+
+def test_wandb_sweep_file_names_real_config_fields(tmp_path):
+    import yaml
+    from omegaconf import OmegaConf
+
+    from zeda_rl.config import RunConfig
+
+    sweep = yaml.safe_load(Path("conf/sweep/gal.yaml").read_text())
+    schema = OmegaConf.structured(RunConfig)
+    overrides = []
+    for key, spec in sweep["parameters"].items():
+        assert OmegaConf.select(schema, key) is not None, key
+        overrides.append(f"{key}={spec['values'][-1]}")
+    assert sweep["command"][-1] == "${args_no_hyphens}"  # Hydra's key=value form
+    result = _launch(tmp_path, "+experiment=tiny", "dry_run=true", *overrides)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "zero_expert_weight: 4.0" in result.stdout

@@ -212,9 +212,57 @@ def main(dict_cfg: DictConfig) -> None:
         return
     summary = run(cfg, run_dir)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print("\n== ZEDA summary ==")
-    for key, value in summary.items():
-        print(f"{key:32s} {value}")
+    print(format_summary(summary, run_dir))
+
+
+def format_summary(summary: dict, run_dir: Path) -> str:
+    """The few lines a user looks for after a run (the full record is summary.json)."""
+    lines = ["", "== ZEDA summary ==", f"run folder        {run_dir}"]
+    if "experts" in summary:
+        lines.append(f"experts           {summary['experts']}")
+    before = summary.get("eval_before_adaptation", {})
+    after = summary.get("eval_after_adaptation", {}).get("student")
+    rows = [("teacher", before.get("teacher")), ("student before", before.get("student"))]
+    rows.append(("student after", after))
+    if any(r for _, r in rows):
+        lines.append(
+            f"{'':18s}{'accuracy':>10s}{'zero ratio':>12s}{'reverse KL':>12s}{'top-1':>8s}"
+        )
+        for name, r in rows:
+            if r:
+                kl, top1 = r.get("reverse_kl"), r.get("top1_agreement")
+                lines.append(
+                    f"{name:18s}{r['accuracy']:>10.1%}{r['zero_expert_ratio']:>12.1%}"
+                    f"{'-' if kl is None else f'{kl:.4f}':>12s}"
+                    f"{'-' if top1 is None else f'{top1:.1%}':>8s}"
+                )
+        task_rows = [(n, r["per_benchmark_accuracy"]) for n, r in rows if r]
+        for bench in task_rows[0][1]:
+            if bench.startswith("task/"):
+                values = "  ".join(f"{n} {acc[bench]:.0%}" for n, acc in task_rows)
+                lines.append(f"  {bench:16s}{values}")
+    pipe = summary.get("pipeline")
+    if pipe:
+        lines.append(
+            f"Ray dashboard     {pipe['dashboard']} (pools: {', '.join(sorted(pipe['dashboard_actors']))})"
+        )
+        for stage in ("stage1", "stage2"):
+            if stage in pipe:
+                last = pipe[stage]["last"]
+                extra = (
+                    f"nll {last['nll']:.3f}"
+                    if "nll" in last
+                    else f"reverse KL {last['reverse_kl']:.3f}"
+                )
+                lines.append(
+                    f"{stage}            {pipe[stage]['steps']} steps in {pipe[stage]['seconds']:.0f}s, "
+                    f"last step: zero ratio {last['zero_ratio']:.1%}, {extra}"
+                )
+        lines.append(f"adapted student   {pipe['student_final']}")
+    lines.append(
+        "wall time (s)     " + ", ".join(f"{k} {v:.0f}" for k, v in summary["seconds"].items())
+    )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -266,7 +266,7 @@ def run_stage1(
     rollout_s = time.perf_counter() - t0
     steps = math.ceil(len(samples) / s.global_batch)
     last: dict = {}
-    for step in range(start_step, steps):
+    for step in _progress(range(start_step, steps), "stage 1 (SFT)"):
         t = time.perf_counter()
         batch = samples[step * s.global_batch : (step + 1) * s.global_batch]
         lr = cosine_lr(step, steps, s.lr, s.warmup_ratio)
@@ -288,7 +288,7 @@ def run_stage2(
     s = cfg.stage2
     pools.sync_weights()
     last: dict = {}
-    for step in range(start_step, s.steps):
+    for step in _progress(range(start_step, s.steps), "stage 2 (OPD)"):
         t0 = time.perf_counter()
         rng = random.Random(cfg.seed * 1_000_003 + step)  # the same data order on resume
         chosen = rng.sample(prompts, min(s.prompts_per_step, len(prompts)))
@@ -366,6 +366,12 @@ class Checkpointer:
 
 def checkpoint_root(cfg: RunConfig, run_dir: Path) -> Path:
     return Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else run_dir / "checkpoints"
+
+
+def _progress(steps: range, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(steps, desc=desc, unit="step", dynamic_ncols=True, mininterval=2.0)
 
 
 def _shuffled(items: list, seed: int) -> list:

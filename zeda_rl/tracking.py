@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+from tqdm import tqdm
+
 
 class Tracker:
     def __init__(self, run_dir: Path, config: dict, *, use_wandb: bool, mode: str, project: str):
@@ -36,7 +38,8 @@ class Tracker:
         if console:
             shown = [k for k in metrics if "/" not in k]
             text = "  ".join(f"{k} {_fmt(metrics[k])}" for k in shown)
-            print(f"[{stage} {step:4d}] {text}", flush=True)
+            # Above the stages' progress bars (zeda_rl/orchestrator.py).
+            tqdm.write(f"[{stage} {step:4d}] {text}")
 
     def close(self) -> None:
         if self.run is not None:
