@@ -38,9 +38,9 @@ class EvalConfig:
 class PromptsConfig:
     """The prompt set both stages draw from: train splits of the structured tasks."""
 
-    mix: dict[str, int] = field(
-        default_factory=lambda: {"addition": 256, "arithmetic": 128, "gsm": 64}
-    )
+    # task -> prompts; set whole by each experiment (Hydra merges dicts key by key, so a
+    # default here would leak into every experiment's mix).
+    mix: dict[str, int] = field(default_factory=dict)
     seed: int = 0
 
 
