@@ -35,6 +35,8 @@ from pathlib import Path
 from zeda_rl.config import RunConfig
 from zeda_rl.trainer.batch import Sample
 
+TEACHER_CHUNK = 1024  # prompts per stage-1 generation call
+
 
 class Pools:
     """Actor handles of the three pools, placed in one placement group."""
@@ -251,9 +253,15 @@ def run_stage1(
         samples = [Sample(**json.loads(line)) for line in data_file.read_text().splitlines()]
     else:
         order = [p for epoch in range(s.epochs) for p in _shuffled(prompts, cfg.seed + epoch)]
-        gens = pools.call_teacher(
-            "generate", order, max_tokens=s.max_new_tokens, stop_token_ids=pools.stop_ids
-        )
+        gens = []
+        # In chunks: each call stays well inside the remote-call timeout on big prompt sets.
+        for i in range(0, len(order), TEACHER_CHUNK):
+            gens += pools.call_teacher(
+                "generate",
+                order[i : i + TEACHER_CHUNK],
+                max_tokens=s.max_new_tokens,
+                stop_token_ids=pools.stop_ids,
+            )
         samples = [Sample(g.prompt_ids, g.response_ids) for g in gens if g.response_ids]
         tmp = data_file.with_suffix(".tmp")
         tmp.write_text(
@@ -286,6 +294,9 @@ def run_stage2(
 ) -> dict:
     """Student samples, teacher scores, PPO-clipped OPD + GAL with routing replay."""
     s = cfg.stage2
+    if start_step == 0:
+        # Stage 2 is its own optimisation (constant lr): Adam starts from fresh moments.
+        pools.get([t.reset_optimizer.remote() for t in pools.trainers])
     pools.sync_weights()
     last: dict = {}
     for step in _progress(range(start_step, s.steps), "stage 2 (OPD)"):

@@ -74,6 +74,9 @@ class TrainerWorker:
 
         return [ray.put(b) for b in bucketize(self.backend.named_tensors(), bucket_mb)]
 
+    def reset_optimizer(self) -> None:
+        self.backend.reset_optimizer()
+
     def save(self, directory: str) -> None:
         self.backend.save(Path(directory))
 

@@ -50,6 +50,8 @@ class TrainerBackend(Protocol):
 
     def load_optimizer(self, directory: Path) -> None: ...
 
+    def reset_optimizer(self) -> None: ...
+
 
 class TorchBackend:
     def __init__(
@@ -256,6 +258,10 @@ class TorchBackend:
         """The student's weights under the transformers names the vLLM plugin loads."""
         for name, tensor in self.model.state_dict().items():
             yield name, tensor.detach()
+
+    def reset_optimizer(self) -> None:
+        """Forget the Adam moments (a new stage), keeping the hyperparameters."""
+        self.optimizer.state.clear()
 
     def save(self, directory: Path) -> None:
         """Rank 0 writes the model (HF format) and the optimizer state into ``directory``."""
