@@ -23,6 +23,34 @@ from zeda_rl.models.zero_experts import (
 )
 
 
+def routed_output(
+    hidden: torch.Tensor,
+    decision: RouterDecision,
+    gate_up_proj: torch.Tensor,
+    down_proj: torch.Tensor,
+    *,
+    num_real: int,
+    activation,
+    zero_expert_type: str,
+) -> torch.Tensor:
+    """The routed experts' weighted output for one routing decision (shared with the vLLM
+    plugin): real picks through the grouped dispatch, zero picks skipped."""
+    out = grouped_experts_forward(
+        hidden,
+        decision.topk_ids,
+        decision.topk_weights,
+        gate_up_proj,
+        down_proj,
+        num_real_experts=num_real,
+        activation=activation,
+    )
+    if zero_expert_type == "copy":
+        # MoE++ copy experts return their input: add weight * x, still no matmul.
+        copy_weight = (decision.topk_weights * (decision.topk_ids >= num_real)).sum(-1)
+        out = out + (copy_weight.unsqueeze(1) * hidden).to(out.dtype)
+    return out
+
+
 class ZedaExperts(nn.Module):
     """The N real experts as 3D tensors (transformers' layout); zero experts have no weights."""
 
@@ -89,19 +117,15 @@ class ZedaMoeBlock(nn.Module):
         shape = hidden_states.shape
         hidden = hidden_states.reshape(-1, shape[-1])
         decision = self.route(hidden, self.routing_state.take_replay(self.layer_idx))
-        out = grouped_experts_forward(
+        out = routed_output(
             hidden,
-            decision.topk_ids,
-            decision.topk_weights,
+            decision,
             self.experts.gate_up_proj,
             self.experts.down_proj,
-            num_real_experts=self.num_real,
+            num_real=self.num_real,
             activation=self.experts.act_fn,
+            zero_expert_type=self.zero_expert_type,
         )
-        if self.zero_expert_type == "copy":
-            # MoE++ copy experts return their input: add weight * x, still no matmul.
-            copy_weight = (decision.topk_weights * (decision.topk_ids >= self.num_real)).sum(-1)
-            out = out + (copy_weight.unsqueeze(1) * hidden).to(out.dtype)
         self.routing_state.records[self.layer_idx] = layer_routing_stats(
             decision,
             num_real=self.num_real,

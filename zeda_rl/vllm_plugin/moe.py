@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from zeda_kernels import grouped_experts_forward
 
+from zeda_rl.models.moe_block import routed_output
 from zeda_rl.models.zero_experts import router_dtype, sigmoid_route, softmax_route
 
 _PER_EXPERT = re.compile(r"^experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
@@ -121,18 +121,15 @@ class ZedaVllmMoe(nn.Module):
         decision = self.route(hidden)
         if self.capture_fn is not None:
             self.capture_fn(decision.topk_ids)
-        out = grouped_experts_forward(
+        out = routed_output(
             hidden,
-            decision.topk_ids,
-            decision.topk_weights,
+            decision,
             self.experts.gate_up_proj,
             self.experts.down_proj,
-            num_real_experts=self.num_real,
+            num_real=self.num_real,
             activation=F.silu,
+            zero_expert_type=self.config.zero_expert_type,
         )
-        if self.config.zero_expert_type == "copy":
-            copy_weight = (decision.topk_weights * (decision.topk_ids >= self.num_real)).sum(-1)
-            out = out + (copy_weight.unsqueeze(1) * hidden).to(out.dtype)
         if self.shared_experts is not None:
             out = out + self.shared_experts(hidden)
         return out.reshape(shape)
