@@ -188,3 +188,33 @@ def test_vllm_rollout_routes_and_in_place_weight_update(tmp_path, family):
         steps = zip(out.outputs[0].logprobs, ids, strict=True)
         got = torch.tensor([s[t].logprob for s, t in steps])
         assert torch.allclose(expected[:, 0], got.double(), atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_teacher_scores_at_the_sampling_temperature(tmp_path, temperature):
+    """Stage-2 scoring: log softmax(logits / T) of the given tokens, also for T != 1, where
+    vLLM's raw prompt logprobs are rescaled from the full distribution."""
+    from zeda_rl.eval.generation import close_vllm_engine
+    from zeda_rl.pools.engine import score, start_engine
+
+    build_static_model("glm4_moe_lite", 0).save_pretrained(tmp_path / "teacher")
+    teacher = AutoModelForCausalLM.from_pretrained(tmp_path / "teacher").eval()
+    llm = start_engine(
+        str(tmp_path / "teacher"),
+        seed=0,
+        max_model_len=64,
+        kv_cache_gib=1,
+        full_vocab_logprobs=temperature != 1.0,
+    )
+    sequences = [([5, 6, 7, 8], [9, 10, 11]), ([12, 13], [14, 15, 16, 17])]
+    try:
+        got = score(llm, sequences, temperature=temperature)
+    finally:
+        close_vllm_engine(llm)
+    for (prompt, response), values in zip(sequences, got, strict=True):
+        with torch.no_grad():
+            logits = teacher(input_ids=torch.tensor([prompt + response])).logits[0].double()
+        logp = torch.log_softmax(logits / temperature, -1)
+        expected = [logp[len(prompt) + i - 1, t].item() for i, t in enumerate(response)]
+        assert values == pytest.approx(expected, abs=1e-4)
