@@ -81,6 +81,10 @@ def test_trained_teacher_source_with_evaluation(tmp_path):
         (["+experiment=tiny", "trainer.micro_batch_size=0"], "trainer.micro_batch_size=0"),
         (["+experiment=tiny", "stage1.global_batch=1"], "stage1.global_batch=1"),
         (["+experiment=tiny", "resources.layout=ring"], "resources.layout='ring'"),
+        (
+            ["+experiment=glm47", "dry_run=true", "model.family=qwen3_moe"],
+            "model.architecture='glm47' is a glm4_moe_lite model",
+        ),
     ],
 )
 def test_bad_config_fails_before_work(tmp_path, overrides, message):

@@ -27,6 +27,7 @@ GIB = 2**30
 @dataclass(frozen=True)
 class Architecture:
     name: str
+    family: str  # the model.family it belongs to
     layers: int
     dense_layers: int  # leading dense-FFN layers (GLM: 1)
     hidden: int
@@ -58,6 +59,7 @@ class Architecture:
 ARCHITECTURES = {
     "qwen3_30b_a3b": Architecture(
         name="Qwen3-30B-A3B",
+        family="qwen3_moe",
         layers=48,
         dense_layers=0,
         hidden=2048,
@@ -73,6 +75,7 @@ ARCHITECTURES = {
     ),
     "glm47": Architecture(
         name="GLM-4.7-Flash",
+        family="glm4_moe_lite",
         layers=47,
         dense_layers=1,
         hidden=2048,

@@ -45,6 +45,11 @@ def validate(cfg: RunConfig) -> None:
         _fail(f"model.family={m.family!r}: choose one of {MODEL_FAMILIES}")
     if m.architecture is not None and m.architecture not in ARCHITECTURES:
         _fail(f"model.architecture={m.architecture!r}: one of {sorted(ARCHITECTURES)} or null")
+    if m.architecture is not None and ARCHITECTURES[m.architecture].family != m.family:
+        _fail(
+            f"model.architecture={m.architecture!r} is a "
+            f"{ARCHITECTURES[m.architecture].family} model, but model.family={m.family!r}"
+        )
     planning_only = cfg.dry_run and not m.source and m.architecture is not None
     if not planning_only and (
         m.source not in LOCAL_SOURCES and not (Path(m.source) / "config.json").is_file()
