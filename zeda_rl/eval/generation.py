@@ -36,10 +36,12 @@ def vllm_engine(
     seed: int = 0,
     max_model_len: int | None = None,
     kv_cache_gib: int = 1,
+    dtype: str = "float32",
+    tensor_parallel_size: int = 1,
     **engine_kwargs,
 ):
-    """An in-process vLLM engine on CPU (uniprocess executor: ~3 s to start here); close it
-    with ``close_vllm_engine`` before starting another in the same process."""
+    """An in-process vLLM engine (uniprocess executor at TP 1: ~3 s to start on CPU); close
+    it with ``close_vllm_engine`` before starting another in the same process."""
     import os
 
     # vLLM reads these at import/engine start; set them only where the caller did not.
@@ -50,10 +52,11 @@ def vllm_engine(
     return LLM(
         model=str(model_dir),
         tokenizer=str(model_dir),
-        dtype="float32",
+        dtype=dtype,
         seed=seed,
         max_model_len=max_model_len,
-        distributed_executor_backend="uni",
+        tensor_parallel_size=tensor_parallel_size,
+        distributed_executor_backend="uni" if tensor_parallel_size == 1 else None,
         enforce_eager=True,
         **engine_kwargs,
     )

@@ -6,7 +6,6 @@ tokenizer, so student and teacher see identical tokens.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,22 +31,17 @@ def start_engine(
     full_vocab_logprobs: bool = False,
 ):
     """An in-process vLLM engine inside this (actor) process."""
-    # vLLM reads these at engine start; the in-process engine keeps one process per actor.
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    from vllm import LLM
-
+    from zeda_rl.eval.generation import vllm_engine
     from zeda_rl.vllm_plugin.worker import WORKER_EXTENSION
 
-    llm = LLM(
-        model=model_dir,
-        skip_tokenizer_init=True,
-        dtype="float32" if _on_cpu() else "bfloat16",
+    llm = vllm_engine(
+        model_dir,
         seed=seed,
         max_model_len=max_model_len,
+        kv_cache_gib=kv_cache_gib,
+        dtype="float32" if _on_cpu() else "bfloat16",
         tensor_parallel_size=tensor_parallel_size,
-        distributed_executor_backend="uni" if tensor_parallel_size == 1 else None,
-        enforce_eager=True,
+        skip_tokenizer_init=True,
         # Sampled-token logprobs after temperature scaling: the distribution sampled from.
         logprobs_mode="processed_logprobs",
         max_logprobs=-1 if full_vocab_logprobs else 20,
