@@ -23,6 +23,35 @@ from zeda_rl.models.zero_experts import (
 )
 
 
+def route_by_config(
+    config,
+    logits: torch.Tensor,
+    correction_bias: torch.Tensor | None = None,
+    replay_ids: torch.Tensor | None = None,
+) -> RouterDecision:
+    """A ZEDA config's routing of router logits (shared with the vLLM plugin): GLM's sigmoid
+    + correction bias when a bias is given, else Qwen3's softmax."""
+    if correction_bias is not None:
+        return sigmoid_route(
+            logits,
+            correction_bias,
+            num_real=config.num_routed_experts,
+            top_k=config.num_experts_per_tok,
+            norm_topk_prob=config.norm_topk_prob,
+            routed_scaling_factor=config.routed_scaling_factor,
+            mask_zero_experts=config.mask_zero_experts,
+            replay_ids=replay_ids,
+        )
+    return softmax_route(
+        logits,
+        num_real=config.num_routed_experts,
+        top_k=config.num_experts_per_tok,
+        norm_topk_prob=config.norm_topk_prob,
+        mask_zero_experts=config.mask_zero_experts,
+        replay_ids=replay_ids,
+    )
+
+
 def routed_output(
     hidden: torch.Tensor,
     decision: RouterDecision,
@@ -146,14 +175,7 @@ class ZedaSoftmaxMoeBlock(ZedaMoeBlock):
         self.gate = ZedaSoftmaxRouter(self.num_real + self.num_zero, config.hidden_size)
 
     def route(self, hidden: torch.Tensor, replay_ids: torch.Tensor | None) -> RouterDecision:
-        return softmax_route(
-            self.gate(hidden),
-            num_real=self.num_real,
-            top_k=self.top_k,
-            norm_topk_prob=self.config.norm_topk_prob,
-            mask_zero_experts=self.config.mask_zero_experts,
-            replay_ids=replay_ids,
-        )
+        return route_by_config(self.config, self.gate(hidden), replay_ids=replay_ids)
 
 
 class ZedaSigmoidMoeBlock(ZedaMoeBlock):
@@ -167,15 +189,8 @@ class ZedaSigmoidMoeBlock(ZedaMoeBlock):
         self.shared_experts = shared_experts
 
     def route(self, hidden: torch.Tensor, replay_ids: torch.Tensor | None) -> RouterDecision:
-        return sigmoid_route(
-            self.gate(hidden),
-            self.gate.e_score_correction_bias,
-            num_real=self.num_real,
-            top_k=self.top_k,
-            norm_topk_prob=self.config.norm_topk_prob,
-            routed_scaling_factor=self.config.routed_scaling_factor,
-            mask_zero_experts=self.config.mask_zero_experts,
-            replay_ids=replay_ids,
+        return route_by_config(
+            self.config, self.gate(hidden), self.gate.e_score_correction_bias, replay_ids
         )
 
     def shared_output(self, hidden: torch.Tensor) -> torch.Tensor:

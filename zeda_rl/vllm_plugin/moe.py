@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zeda_rl.models.moe_block import routed_output
-from zeda_rl.models.zero_experts import router_dtype, sigmoid_route, softmax_route
+from zeda_rl.models.moe_block import route_by_config, routed_output
+from zeda_rl.models.zero_experts import router_dtype
 
 _PER_EXPERT = re.compile(r"^experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
 
@@ -96,24 +96,8 @@ class ZedaVllmMoe(nn.Module):
         self._written: set[tuple[str, int, str]] = set()
 
     def route(self, hidden: torch.Tensor):
-        logits = self.gate(hidden)
-        if self.sigmoid:
-            return sigmoid_route(
-                logits,
-                self.gate.e_score_correction_bias,
-                num_real=self.num_real,
-                top_k=self.top_k,
-                norm_topk_prob=self.config.norm_topk_prob,
-                routed_scaling_factor=self.config.routed_scaling_factor,
-                mask_zero_experts=self.config.mask_zero_experts,
-            )
-        return softmax_route(
-            logits,
-            num_real=self.num_real,
-            top_k=self.top_k,
-            norm_topk_prob=self.config.norm_topk_prob,
-            mask_zero_experts=self.config.mask_zero_experts,
-        )
+        bias = self.gate.e_score_correction_bias if self.sigmoid else None
+        return route_by_config(self.config, self.gate(hidden), bias)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         shape = hidden_states.shape
