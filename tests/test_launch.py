@@ -81,6 +81,8 @@ def test_trained_teacher_source_with_evaluation(tmp_path):
         (["+experiment=tiny", "trainer.micro_batch_size=0"], "trainer.micro_batch_size=0"),
         (["+experiment=tiny", "stage1.global_batch=1"], "stage1.global_batch=1"),
         (["+experiment=tiny", "resources.layout=ring"], "resources.layout='ring'"),
+        (["+experiment=tiny", "weight_sync.method=rdma"], "weight_sync.method='rdma'"),
+        (["+experiment=tiny", "weight_sync.method=nccl"], "weight_sync.method='nccl'"),
         (
             ["+experiment=glm47", "dry_run=true", "model.family=qwen3_moe"],
             "model.architecture='glm47' is a glm4_moe_lite model",

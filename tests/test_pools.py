@@ -1,5 +1,6 @@
-"""The pools on a real local Ray instance: a rollout or teacher actor that dies is restarted
-(the rollout one with the trainer's current weights) and the call retried."""
+"""The pools on a real local Ray instance: weights reach every rollout engine through each
+CPU weight-sync method, and a rollout or teacher actor that dies is restarted (the rollout
+one with the trainer's current weights) and the call retried."""
 
 from __future__ import annotations
 
@@ -11,16 +12,25 @@ from zeda_rl.convert import convert
 
 
 @pytest.mark.slow
-def test_dead_rollout_and_teacher_actors_are_replaced(tmp_path):
+@pytest.mark.parametrize("method", ["object_store", "gloo"])
+def test_weight_sync_and_dead_actors_are_replaced(tmp_path, method):
     import ray
 
-    from zeda_rl.orchestrator import Pools
+    from zeda_rl.orchestrator import Pools, check_sync
+    from zeda_rl.trainer.batch import Sample
 
     build_static_model("qwen3_moe", 0).save_pretrained(tmp_path / "teacher")
     convert(tmp_path / "teacher", tmp_path / "student", log=lambda *_: None)
     cfg = RunConfig()
     cfg.rollout.max_model_len = cfg.teacher.max_model_len = 64
+    # Two engines (the transfer group places them at ranks 1 and 2) and two trainer ranks
+    # (rank 1 takes part without sending): 2 x 0.25 + 0.5 + 2 x 0.5 CPUs.
+    cfg.rollout.num_workers = cfg.trainer.num_workers = 2
+    cfg.rollout.cpus_per_worker = 0.25
     cfg.resources.timeout_s = 300
+    cfg.weight_sync.method = method
+    cfg.weight_sync.bucket_mb = 0.05  # several buckets even for the tiny model
+    cfg.weight_sync.check_tolerance = 1e-4
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     pools = None
     try:
@@ -30,6 +40,21 @@ def test_dead_rollout_and_teacher_actors_are_replaced(tmp_path):
         first = pools.generate_rollouts(prompts)
         assert [g.prompt_ids for g in first] == prompts
         assert all(len(g.response_ids) == 4 and g.routes is not None for g in first)
+        probe = [Sample(g.prompt_ids, g.response_ids) for g in first]
+
+        # A large SFT step moves the weights; after the sync every engine serves them.
+        before = pools.get(pools.rollouts[1].score.remote([(p, [9, 9]) for p in prompts], 1.0))
+        pools.train(probe, "sft", lr=0.05)
+        sync = pools.sync_weights()
+        assert sync["tensors"] > 0 and (method == "gloo") == (sync["buckets"] == 0)
+        after = pools.get(pools.rollouts[1].score.remote([(p, [9, 9]) for p in prompts], 1.0))
+        moved = max(
+            abs(a - b)
+            for x, y in zip(before, after, strict=True)
+            for a, b in zip(x, y, strict=True)
+        )
+        assert moved > 1e-2
+        assert check_sync(cfg, pools, probe) <= 1e-4
 
         old_rollout, old_teacher = pools.rollouts[0], pools.teacher
         ray.kill(old_rollout, no_restart=True)
@@ -39,6 +64,11 @@ def test_dead_rollout_and_teacher_actors_are_replaced(tmp_path):
         scores = pools.call_teacher("score", [(g.prompt_ids, g.response_ids) for g in again])
         assert pools.teacher != old_teacher
         assert [len(s) for s in scores] == [4, 4, 4] and all(v <= 0 for s in scores for v in s)
+        # The replacement got the trained weights, and (gloo) the group was rebuilt with it.
+        assert check_sync(cfg, pools, probe) <= 1e-4
+        pools.train(probe, "sft", lr=0.05)
+        pools.sync_weights()
+        assert check_sync(cfg, pools, probe) <= 1e-4
     finally:
         if pools is not None:
             pools.shutdown()

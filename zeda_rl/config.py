@@ -115,6 +115,9 @@ class Stage2Config:
 
 @dataclass
 class WeightSyncConfig:
+    # object_store (Ray object store, CPU default) | gloo | nccl | ipc (vLLM's weight
+    # transfer API; gloo runs on CPU, nccl and ipc need GPUs, ipc a colocated layout)
+    method: str = "object_store"
     bucket_mb: float = 64.0
     check_logprobs: bool = False  # after each sync, rollout vs trainer logprobs on a probe
     check_tolerance: float = 1e-3  # max |difference| of per-token logprobs

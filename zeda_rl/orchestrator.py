@@ -5,11 +5,12 @@
     teacher checkpoint ──convert──▶ student checkpoint (router: N real + N_Z zero rows)
           │                                   │
           ▼                                   ▼
-    ┌─────────────┐                   ┌──────────────────┐  weights, bucketed through
-    │ teacher pool│                   │  rollout pool     │◀─ the object store after
-    │ vLLM, frozen│                   │  vLLM + zeda      │   every optimizer step
-    └─────┬───────┘                   │  plugin (student) │         ▲
-          │ stage 1: responses        └────────┬─────────┘         │
+    ┌─────────────┐                   ┌──────────────────┐  weights after every step:
+    │ teacher pool│                   │  rollout pool     │◀─ Ray object store, or
+    │ vLLM, frozen│                   │  vLLM + zeda      │   vLLM's weight transfer
+    │             │                   │  plugin (student) │   (gloo / nccl / ipc)
+    └─────┬───────┘                   └────────┬─────────┘         ▲
+          │ stage 1: responses                 │                    │
           │ stage 2: log p_T of the            │ stage 2: samples,  │
           │ student's samples                  │ log p_S, expert ids│
           ▼                                    ▼                    │
@@ -103,8 +104,20 @@ class Pools:
             for rank in range(tr.num_workers)
         ]
         self.get([a.ready.remote() for a in [*self.rollouts, self.teacher, *self.trainers]])
+        from zeda_rl.weight_sync import WeightSync
+
+        self.weights = WeightSync(
+            cfg.weight_sync.method,
+            self.trainers,
+            bucket_mb=cfg.weight_sync.bucket_mb,
+            workers_per_engine=r.tensor_parallel_size,
+            timeout_s=cfg.resources.timeout_s,
+        )
+        self.weights.connect(self.rollouts)
 
     def _new_rollout(self, i: int):
+        from zeda_rl.weight_sync import ENGINE_BACKENDS
+
         r = self.cfg.rollout
         return self._rollout_factories[i].remote(
             str(self.student_dir),
@@ -113,6 +126,7 @@ class Pools:
             kv_cache_gib=r.kv_cache_gib,
             tensor_parallel_size=r.tensor_parallel_size,
             capture_routes=r.routing_replay,
+            weight_transfer_backend=ENGINE_BACKENDS.get(self.cfg.weight_sync.method),
         )
 
     def _new_teacher(self):
@@ -166,19 +180,14 @@ class Pools:
                 print(f"rollout-{i} failed ({type(err).__name__}); restarting it and retrying")
                 ray.kill(self.rollouts[i], no_restart=True)
                 self.rollouts[i] = self._new_rollout(i)
-                self.sync_weights(workers=[self.rollouts[i]])
+                self.weights.connect(self.rollouts)
+                self.sync_weights()
                 out.append(self.get(self.rollouts[i].generate.remote(shares[i], **kwargs)))
         return [g for part in out for g in part]
 
-    def sync_weights(self, workers: list | None = None) -> dict:
-        from zeda_rl.weight_sync import sync_weights
-
-        return sync_weights(
-            self.trainers[0],
-            workers or self.rollouts,
-            bucket_mb=self.cfg.weight_sync.bucket_mb,
-            timeout_s=self.cfg.resources.timeout_s,
-        )
+    def sync_weights(self) -> dict:
+        """The trainer's current weights into every rollout engine (weight_sync.py)."""
+        return self.weights.push()
 
     def train(self, samples: list[Sample], objective: str, lr: float) -> dict[str, float]:
         tokens = sum(len(s.response_ids) for s in samples)
@@ -325,7 +334,7 @@ def run_stage2(
             "teacher_s": t2 - t1,
             "train_s": t3 - t2,
             "sync_s": t4 - t3,
-            "sync_buckets": sync["buckets"],
+            "sync_tensors": sync["tensors"],
             "tokens_per_s": tokens / (t4 - t0),
         }
         if cfg.weight_sync.check_logprobs:
@@ -336,14 +345,17 @@ def run_stage2(
 
 
 def check_sync(cfg: RunConfig, pools: Pools, probe: list[Sample]) -> float:
-    """Rollout engine vs trainer logprobs of the same tokens after a sync (fresh routing on
-    both sides, temperature 1): they must agree to ``weight_sync.check_tolerance``."""
-    engine = pools.get(
-        pools.rollouts[0].score.remote([(s.prompt_ids, s.response_ids) for s in probe], 1.0)
-    )
+    """Every rollout engine's vs the trainer's logprobs of the same tokens after a sync
+    (fresh routing on both sides, temperature 1): they must agree to
+    ``weight_sync.check_tolerance``. Returns the largest difference."""
+    pairs = [(s.prompt_ids, s.response_ids) for s in probe]
+    engines = pools.get([w.score.remote(pairs, 1.0) for w in pools.rollouts])
     trainer = pools.get(pools.trainers[0].logprobs.remote(probe, 1.0, False))
     diff = max(
-        abs(a - b) for e, t in zip(engine, trainer, strict=True) for a, b in zip(e, t, strict=True)
+        abs(a - b)
+        for engine in engines
+        for e, t in zip(engine, trainer, strict=True)
+        for a, b in zip(e, t, strict=True)
     )
     if diff > cfg.weight_sync.check_tolerance:
         raise RuntimeError(

@@ -164,5 +164,20 @@ def validate(cfg: RunConfig) -> None:
     ):
         if tp > 1 and per < tp:
             _fail(f"{name}.tensor_parallel_size={tp} needs {tp} GPUs per engine, got {per:g}")
+    ws = cfg.weight_sync
+    if ws.method not in ("object_store", "gloo", "nccl", "ipc"):
+        _fail(f"weight_sync.method={ws.method!r}: object_store | gloo | nccl | ipc")
+    if ws.method in ("nccl", "ipc") and (tr.gpus_per_worker <= 0 or r.gpus_per_worker <= 0):
+        _fail(
+            f"weight_sync.method={ws.method!r} moves CUDA tensors: trainer.gpus_per_worker and "
+            "rollout.gpus_per_worker must be > 0 (on CPU use 'gloo' or 'object_store')"
+        )
+    if ws.method == "ipc" and (not colocated or res.num_nodes != 1):
+        _fail(
+            "weight_sync.method='ipc' shares GPU memory between processes: it needs "
+            "resources.layout=colocated on one node (use 'nccl' across GPUs or nodes)"
+        )
+    if ws.bucket_mb <= 0:
+        _fail(f"weight_sync.bucket_mb={ws.bucket_mb} must be > 0")
     if cfg.checkpoint.resume and cfg.checkpoint.dir and not Path(cfg.checkpoint.dir).is_dir():
         _fail(f"checkpoint.dir={cfg.checkpoint.dir!r} does not exist (checkpoint.resume=true)")

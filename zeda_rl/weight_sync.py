@@ -1,10 +1,16 @@
-"""Trainer -> rollout weight sync, bucketed through Ray's object store.
+"""Trainer -> rollout weight sync after every optimizer step (``weight_sync.method``).
 
-Rank 0 of the trainer serialises its weights (transformers names) into buckets of about
-``bucket_mb`` and puts each into the object store; every rollout worker fetches the buckets
-one by one and loads them in place through vLLM's reload path (vllm_plugin/worker.py). The
-GPU path (NCCL broadcast / CUDA IPC through vLLM's weight transfer API) plugs in behind
-``sync_weights`` with the same arguments.
+Two transports behind ``WeightSync.push``:
+
+* ``object_store`` (any layout, CPU default): trainer rank 0 serialises its weights
+  (transformers names) into buckets of about ``bucket_mb`` and puts them in Ray's object
+  store; every rollout worker fetches them one by one and loads them in place through vLLM's
+  reload path (vllm_plugin/worker.py).
+* vLLM's weight transfer API: the trainer ranks drive the engines' init / start / update /
+  finish calls while rank 0 broadcasts over a private group: ``nccl`` (GPU), ``ipc`` (CUDA
+  IPC handles, colocated GPU layout) or ``gloo`` (the same protocol on CPU, through the
+  plugin's ``zeda_gloo`` backend: vllm_plugin/weight_transfer.py). The group is fixed at
+  connect time, so a restarted rollout actor makes the whole group reconnect.
 """
 
 from __future__ import annotations
@@ -13,6 +19,10 @@ import time
 from collections.abc import Iterable
 
 import torch
+
+METHODS = ("object_store", "gloo", "nccl", "ipc")
+# weight_sync.method -> the rollout engines' WeightTransferConfig.backend
+ENGINE_BACKENDS = {"gloo": "zeda_gloo", "nccl": "nccl", "ipc": "ipc"}
 
 
 def bucketize(named_tensors: Iterable[tuple[str, torch.Tensor]], bucket_mb: float) -> list[bytes]:
@@ -35,21 +45,69 @@ def bucketize(named_tensors: Iterable[tuple[str, torch.Tensor]], bucket_mb: floa
     return buckets
 
 
-def sync_weights(
-    trainer_rank0, rollout_workers: list, *, bucket_mb: float, timeout_s: float
-) -> dict:
-    """Push the trainer's current weights to every rollout worker; returns timings."""
-    import ray
+class WeightSync:
+    """``connect(rollouts)`` once (and again after a rollout actor is replaced), then
+    ``push()`` after every optimizer step; both return quickly or raise within
+    ``timeout_s``."""
 
-    started = time.perf_counter()
-    refs = ray.get(trainer_rank0.export_weights.remote(bucket_mb), timeout=timeout_s)
-    exported = time.perf_counter()
-    loaded = ray.get([w.load_weights.remote(refs) for w in rollout_workers], timeout=timeout_s)
-    if len(set(loaded)) != 1:
-        raise RuntimeError(f"rollout workers loaded different tensor counts: {loaded}")
-    return {
-        "export_s": exported - started,
-        "load_s": time.perf_counter() - exported,
-        "buckets": len(refs),
-        "tensors": loaded[0],
-    }
+    def __init__(
+        self,
+        method: str,
+        trainers: list,
+        *,
+        bucket_mb: float,
+        workers_per_engine: int,
+        timeout_s: float,
+    ) -> None:
+        if method not in METHODS:
+            raise ValueError(f"weight_sync.method={method!r}: choose one of {METHODS}")
+        self.method = method
+        self.trainers = trainers
+        self.bucket_mb = bucket_mb
+        self.workers_per_engine = workers_per_engine
+        self.timeout_s = timeout_s
+        self.rollouts: list = []
+
+    def _get(self, refs):
+        import ray
+
+        return ray.get(refs, timeout=self.timeout_s)
+
+    def connect(self, rollouts: list) -> dict:
+        """(Re)build the transfer group between the trainer ranks and ``rollouts``."""
+        started = time.perf_counter()
+        self.rollouts = list(rollouts)
+        if self.method != "object_store":
+            self._get(
+                [
+                    t.connect_weight_transfer.remote(
+                        self.method,
+                        self.rollouts,
+                        workers_per_engine=self.workers_per_engine,
+                        bucket_bytes=int(self.bucket_mb * 2**20),
+                        timeout_s=self.timeout_s,
+                    )
+                    for t in self.trainers
+                ]
+            )
+        return {"connect_s": time.perf_counter() - started}
+
+    def push(self) -> dict:
+        """Send the trainer's current weights to every connected rollout engine."""
+        if not self.rollouts:
+            raise RuntimeError("WeightSync.push before connect")
+        started = time.perf_counter()
+        if self.method != "object_store":
+            sent = self._get([t.send_weights.remote() for t in self.trainers])[0]
+            return {"sync_s": time.perf_counter() - started, "tensors": sent, "buckets": 0}
+        refs = self._get(self.trainers[0].export_weights.remote(self.bucket_mb))
+        exported = time.perf_counter()
+        loaded = self._get([w.load_weights.remote(refs) for w in self.rollouts])
+        if len(set(loaded)) != 1:
+            raise RuntimeError(f"rollout workers loaded different tensor counts: {loaded}")
+        return {
+            "sync_s": time.perf_counter() - started,
+            "export_s": exported - started,
+            "tensors": loaded[0],
+            "buckets": len(refs),
+        }

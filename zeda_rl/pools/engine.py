@@ -29,11 +29,16 @@ def start_engine(
     tensor_parallel_size: int = 1,
     capture_routes: bool = False,
     full_vocab_logprobs: bool = False,
+    weight_transfer_backend: str | None = None,
 ):
-    """An in-process vLLM engine inside this (actor) process."""
+    """An in-process vLLM engine inside this (actor) process; ``weight_transfer_backend``
+    (``nccl``, ``ipc``, ``zeda_gloo``) enables vLLM's weight transfer API on it."""
     from zeda_rl.eval.generation import vllm_engine
     from zeda_rl.vllm_plugin.worker import WORKER_EXTENSION
 
+    extra = {}
+    if weight_transfer_backend is not None:
+        extra["weight_transfer_config"] = {"backend": weight_transfer_backend}
     llm = vllm_engine(
         model_dir,
         seed=seed,
@@ -48,6 +53,7 @@ def start_engine(
         worker_extension_cls=WORKER_EXTENSION,
         # Route capture needs every position computed; cached prefixes would be skipped.
         enable_prefix_caching=not capture_routes,
+        **extra,
     )
     if capture_routes:
         llm.collective_rpc("zeda_enable_route_capture")

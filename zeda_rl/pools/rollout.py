@@ -19,8 +19,10 @@ class RolloutWorker:
         kv_cache_gib: int,
         tensor_parallel_size: int,
         capture_routes: bool,
+        weight_transfer_backend: str | None = None,
     ):
         self.capture_routes = capture_routes
+        self._transfer_joined = False
         self.llm = start_engine(
             model_dir,
             seed=seed,
@@ -28,6 +30,7 @@ class RolloutWorker:
             kv_cache_gib=kv_cache_gib,
             tensor_parallel_size=tensor_parallel_size,
             capture_routes=capture_routes,
+            weight_transfer_backend=weight_transfer_backend,
         )
 
     def ready(self) -> int:
@@ -65,3 +68,20 @@ class RolloutWorker:
         buckets = [ray.get(ref) for ref in bucket_refs]
         (loaded,) = self.llm.collective_rpc("zeda_load_weights", args=(buckets,))
         return loaded
+
+    # vLLM's weight transfer control plane (the trainer drives it: weight_sync.py).
+
+    def init_weight_transfer_engine(self, init_info: dict) -> None:
+        if self._transfer_joined:  # a reconnect: leave the old group first
+            self.llm.shutdown_weight_transfer_engine()
+        self.llm.init_weight_transfer_engine({"init_info": init_info})
+        self._transfer_joined = True
+
+    def start_weight_update(self) -> None:
+        self.llm.start_weight_update()
+
+    def update_weights(self, update_info: dict) -> None:
+        self.llm.update_weights({"update_info": update_info})
+
+    def finish_weight_update(self) -> None:
+        self.llm.finish_weight_update()

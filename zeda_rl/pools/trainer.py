@@ -36,6 +36,7 @@ class TrainerWorker:
         # oversubscribe them (measured: 10x slower steps with 2 ranks on 2 cores).
         torch.set_num_threads(threads)
         self.rank = rank
+        self.transfer = None  # this rank's end of vLLM's weight transfer (weight_sync.py)
         self.backend = TorchBackend(
             model_dir,
             rank=rank,
@@ -74,6 +75,41 @@ class TrainerWorker:
 
         return [ray.put(b) for b in bucketize(self.backend.named_tensors(), bucket_mb)]
 
+    def connect_weight_transfer(
+        self,
+        method: str,
+        rollouts: list,
+        *,
+        workers_per_engine: int,
+        bucket_bytes: int,
+        timeout_s: float,
+    ) -> None:
+        """Join (or re-join) the weight transfer group with every rollout engine."""
+        from zeda_rl.vllm_plugin.weight_transfer import connect_trainer
+
+        self.disconnect_weight_transfer()
+        self.transfer = connect_trainer(
+            method,
+            rank=self.rank,
+            named_tensors=self.backend.named_tensors,
+            rollouts=rollouts,
+            workers_per_engine=workers_per_engine,
+            bucket_bytes=bucket_bytes,
+            timeout_s=timeout_s,
+        )
+
+    def send_weights(self) -> int:
+        """One round of vLLM's weight transfer; returns the number of tensors sent."""
+        if self.transfer is None:
+            raise RuntimeError("send_weights before connect_weight_transfer")
+        self.transfer.send_weights()
+        return sum(1 for _ in self.backend.named_tensors())
+
+    def disconnect_weight_transfer(self) -> None:
+        if self.transfer is not None:
+            self.transfer.shutdown()
+            self.transfer = None
+
     def reset_optimizer(self) -> None:
         self.backend.reset_optimizer()
 
@@ -84,4 +120,5 @@ class TrainerWorker:
         self.backend.load_optimizer(Path(directory))
 
     def close(self) -> None:
+        self.disconnect_weight_transfer()
         self.backend.close()

@@ -28,6 +28,7 @@ def register() -> None:
 
     from zeda_rl.models.registry import register as register_hf
     from zeda_rl.vllm_plugin.compat import native_rope_for_mla_on_cpu, register_mla_model_types
+    from zeda_rl.vllm_plugin.weight_transfer import register_engines
 
     # vLLM reads config.json through transformers' AutoConfig: our config classes first.
     register_hf()
@@ -37,3 +38,4 @@ def register() -> None:
             ModelRegistry.register_model(arch, target)
     register_mla_model_types(MLA_MODEL_TYPES)
     native_rope_for_mla_on_cpu()
+    register_engines()  # the zeda_gloo weight transfer backend
