@@ -74,7 +74,20 @@ def test_trained_teacher_source_with_evaluation(tmp_path):
         (["+experiment=tiny", "eval.suite=everything"], "eval.suite='everything'"),
         (["+experiment=tiny", "teacher.temperature=0.7"], "teacher.temperature=0.7"),
         (["+experiment=tiny", "trainer.expert_parallel=3"], "trainer.expert_parallel=3"),
-        (["+experiment=tiny", "trainer.backend=megatron"], "trainer.backend='megatron'"),
+        (["+experiment=tiny", "trainer.backend=deepspeed"], "trainer.backend='deepspeed'"),
+        (
+            ["+experiment=tiny", "trainer.backend=megatron", "trainer.tensor_parallel=2"],
+            "trainer.tensor_parallel=2",
+        ),
+        (
+            [
+                "+experiment=tiny",
+                "trainer.backend=megatron",
+                "trainer.num_workers=1",
+                "trainer.expert_parallel=2",
+            ],
+            "trainer.expert_parallel=2 must divide trainer.num_workers=1",
+        ),
         (["+experiment=tiny", "trainer.num_workers=8"], "resources offer 2"),
         (["+experiment=tiny", "resources.gpus_per_node=0", "rollout.gpus_per_worker=1"], "GPUs"),
         (["+experiment=tiny", "+prompts.mix.poetry=5"], "unknown tasks ['poetry']"),

@@ -100,6 +100,7 @@ class Pools:
                 ppo_clip=cfg.stage2.ppo_clip,
                 seed=cfg.seed,
                 threads=max(1, int(tr.cpus_per_worker)),
+                parallel=_parallel(cfg),
             )
             for rank in range(tr.num_workers)
         ]
@@ -211,6 +212,18 @@ class Pools:
         for actor in [*self.rollouts, self.teacher, *self.trainers]:
             ray.kill(actor, no_restart=True)
         remove_placement_group(self.group)
+
+
+def _parallel(cfg: RunConfig) -> dict[str, int] | None:
+    """Model parallelism of the megatron backend (the torch backend is data-parallel)."""
+    tr = cfg.trainer
+    if tr.backend != "megatron":
+        return None
+    return {
+        "expert_parallel": tr.expert_parallel,
+        "tensor_parallel": tr.tensor_parallel,
+        "pipeline_parallel": tr.pipeline_parallel,
+    }
 
 
 def _bundle(cpus: float, gpus: float) -> dict[str, float]:
@@ -350,7 +363,8 @@ def check_sync(cfg: RunConfig, pools: Pools, probe: list[Sample]) -> float:
     ``weight_sync.check_tolerance``. Returns the largest difference."""
     pairs = [(s.prompt_ids, s.response_ids) for s in probe]
     engines = pools.get([w.score.remote(pairs, 1.0) for w in pools.rollouts])
-    trainer = pools.get(pools.trainers[0].logprobs.remote(probe, 1.0, False))
+    # Every rank computes (a lockstep backend needs all of them); rank 0's answer is used.
+    trainer = pools.get([t.logprobs.remote(probe, 1.0, False) for t in pools.trainers])[0]
     diff = max(
         abs(a - b)
         for engine in engines

@@ -10,7 +10,7 @@ from pathlib import Path
 from zeda_rl.config import MODEL_FAMILIES, RunConfig
 
 LOCAL_SOURCES = ("teacher", "random")
-TRAINER_BACKENDS = ("torch",)  # "megatron": issue #5
+TRAINER_BACKENDS = ("torch", "megatron")
 
 
 def _fail(message: str) -> None:
@@ -97,12 +97,27 @@ def validate(cfg: RunConfig) -> None:
         )
     if r.temperature <= 0:
         _fail(f"rollout.temperature={r.temperature} must be > 0 (on-policy sampling)")
-    # dry_run may plan backends that cannot run yet.
-    if tr.backend not in TRAINER_BACKENDS and not (cfg.dry_run and tr.backend == "megatron"):
-        _fail(
-            f"trainer.backend={tr.backend!r}: available {TRAINER_BACKENDS} "
-            "(the megatron backend arrives with issue #5)"
-        )
+    if tr.backend not in TRAINER_BACKENDS:
+        _fail(f"trainer.backend={tr.backend!r}: available {TRAINER_BACKENDS}")
+    if tr.backend == "megatron":
+        if tr.num_workers % tr.expert_parallel:
+            _fail(
+                f"trainer.expert_parallel={tr.expert_parallel} must divide trainer.num_workers="
+                f"{tr.num_workers} (the ranks split into expert-parallel groups)"
+            )
+        # dry_run may plan layouts that this backend cannot run yet.
+        if not cfg.dry_run and (tr.tensor_parallel != 1 or tr.pipeline_parallel != 1):
+            _fail(
+                f"trainer.tensor_parallel={tr.tensor_parallel}, trainer.pipeline_parallel="
+                f"{tr.pipeline_parallel}: the megatron backend runs TP = PP = 1 (megatron's local "
+                "modules train MoE with TP > 1 only under sequence parallelism, which needs "
+                "transformer-engine); scale with trainer.expert_parallel"
+            )
+        if m.zero_expert_type != "zero":
+            _fail(
+                f"model.zero_expert_type={m.zero_expert_type!r}: the megatron backend "
+                "implements 'zero' experts (use trainer.backend=torch for 'copy')"
+            )
     for name, value in (
         ("rollout.num_workers", r.num_workers),
         ("trainer.num_workers", tr.num_workers),

@@ -100,7 +100,8 @@ class WeightSync:
         if self.method != "object_store":
             sent = self._get([t.send_weights.remote() for t in self.trainers])[0]
             return {"sync_s": time.perf_counter() - started, "tensors": sent, "buckets": 0}
-        refs = self._get(self.trainers[0].export_weights.remote(self.bucket_mb))
+        # Every rank exports (a sharded trainer gathers); rank 0 returns the buckets.
+        refs = self._get([t.export_weights.remote(self.bucket_mb) for t in self.trainers])[0]
         exported = time.perf_counter()
         loaded = self._get([w.load_weights.remote(refs) for w in self.rollouts])
         if len(set(loaded)) != 1:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from zeda_rl.losses.group_aux_loss import GroupAuxLossConfig
-from zeda_rl.trainer.backend import OptimConfig, TorchBackend
+from zeda_rl.trainer.backend import OptimConfig
 from zeda_rl.trainer.batch import Sample
 
-BACKENDS = ("torch",)  # "megatron" arrives with issue #5
+BACKENDS = ("torch", "megatron")
 
 
 class TrainerWorker:
@@ -27,6 +27,7 @@ class TrainerWorker:
         ppo_clip: float,
         seed: int,
         threads: int = 1,
+        parallel: dict[str, int] | None = None,
     ):
         if backend not in BACKENDS:
             raise ValueError(f"trainer.backend={backend!r}: available {BACKENDS}")
@@ -37,8 +38,8 @@ class TrainerWorker:
         torch.set_num_threads(threads)
         self.rank = rank
         self.transfer = None  # this rank's end of vLLM's weight transfer (weight_sync.py)
-        self.backend = TorchBackend(
-            model_dir,
+        self._tensor_count: int | None = None
+        common = dict(
             rank=rank,
             world_size=world_size,
             init_method=init_method,
@@ -49,6 +50,14 @@ class TrainerWorker:
             ppo_clip=ppo_clip,
             seed=seed,
         )
+        if backend == "torch":
+            from zeda_rl.trainer.backend import TorchBackend
+
+            self.backend = TorchBackend(model_dir, **common)
+        else:
+            from zeda_rl.trainer.megatron.backend import MegatronBackend
+
+            self.backend = MegatronBackend(model_dir, **common, **(parallel or {}))
 
     def ready(self) -> int:
         import os
@@ -68,12 +77,14 @@ class TrainerWorker:
         return self.backend.logprobs(samples, temperature, replay)
 
     def export_weights(self, bucket_mb: float) -> list:
-        """Put this rank's weights into the object store in buckets; returns the refs."""
+        """Rank 0 puts the weights into the object store in buckets and returns the refs;
+        every rank must call it (a sharded backend gathers its shards)."""
         import ray
 
         from zeda_rl.weight_sync import bucketize
 
-        return [ray.put(b) for b in bucketize(self.backend.named_tensors(), bucket_mb)]
+        buckets = bucketize(self.backend.named_tensors(), bucket_mb)
+        return [ray.put(b) for b in buckets] if self.rank == 0 else []
 
     def connect_weight_transfer(
         self,
@@ -103,7 +114,9 @@ class TrainerWorker:
         if self.transfer is None:
             raise RuntimeError("send_weights before connect_weight_transfer")
         self.transfer.send_weights()
-        return sum(1 for _ in self.backend.named_tensors())
+        if self._tensor_count is None:  # collective for sharded backends: every rank counts
+            self._tensor_count = len(self.transfer.source.metadata())
+        return self._tensor_count
 
     def disconnect_weight_transfer(self) -> None:
         if self.transfer is not None:

@@ -19,9 +19,10 @@ import torch.distributed as dist
 
 from zeda_rl.losses.group_aux_loss import GroupAuxLossConfig, group_aux_loss
 from zeda_rl.losses.opd_loss import opd_policy_loss, response_nll, token_logprobs
-from zeda_rl.trainer.batch import Sample, collate
+from zeda_rl.trainer.batch import Batch, Sample, collate, pad_batch
 
 OBJECTIVES = ("sft", "opd")
+MAX_LOCKSTEP_BATCHES = 256  # micro-batches per rank and step a lockstep backend can align
 
 
 @dataclass
@@ -53,63 +54,88 @@ class TrainerBackend(Protocol):
     def reset_optimizer(self) -> None: ...
 
 
-class TorchBackend:
-    def __init__(
-        self,
-        model_dir: str,
-        *,
-        rank: int,
-        world_size: int,
-        init_method: str,
-        optim: OptimConfig,
-        gal: GroupAuxLossConfig,
-        temperature: float,
-        routing_replay: bool,
-        ppo_clip: float = 0.2,
-        seed: int = 0,
-    ):
-        from zeda_rl.models.registry import load_zeda_model
+class StepBackend:
+    """The step logic every backend shares: micro-batches, response NLL or PPO-clipped OPD,
+    the Group Auxiliary Loss from the routers' records, metrics all-reduced over ranks.
 
-        if not dist.is_initialized():
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-            dist.init_process_group(
-                backend, init_method=init_method, rank=rank, world_size=world_size
-            )
+    A backend provides ``model`` and ``optimizer`` and implements ``_forward`` (logits and
+    the MoE layers' routing records of one batch) and ``_gradient_groups`` (which gradients
+    are summed over which process group). ``lockstep`` backends (expert parallelism: every
+    forward and backward is a collective) run the same number of equally shaped
+    micro-batches on every rank, padding with empty ones.
+    """
+
+    lockstep = False
+
+    def _setup(self, *, rank, world_size, optim, gal, temperature, routing_replay, ppo_clip):
         self.rank, self.world_size = rank, world_size
         self.optim, self.gal, self.temperature = optim, gal, temperature
         self.routing_replay = routing_replay
         self.ppo_clip = ppo_clip
-        torch.manual_seed(seed + rank)
-        self.model = load_zeda_model(model_dir, dtype=torch.float32).train()
-        config = self.model.config
-        self.num_real, self.num_zero = config.num_routed_experts, config.num_zero_experts
-        self.top_k = config.num_experts_per_tok
-        self.pad_id = config.pad_token_id if config.pad_token_id is not None else 0
-        self.moe_layers = self._moe_layers()
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-        self.optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": optim.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=optim.lr,
-            betas=tuple(optim.betas),
-        )
         self.step = 0
 
-    def _moe_layers(self) -> list[int]:
-        probe = torch.zeros(1, 2, dtype=torch.long)
-        with torch.no_grad():
-            return [r.layer_idx for r in self.model(input_ids=probe).routing]
+    def _make_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        return torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": self.optim.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=self.optim.lr,
+            betas=tuple(self.optim.betas),
+        )
+
+    def _forward(self, batch: Batch) -> tuple[torch.Tensor, list]:
+        raise NotImplementedError
+
+    def _gradient_groups(self) -> list[tuple[list[torch.nn.Parameter], object]]:
+        raise NotImplementedError
 
     # -- training --------------------------------------------------------------------------
+
+    def _batches(self, samples: list[Sample], replay: bool) -> list[tuple[Batch, int]]:
+        """Micro-batches with the number of this rank's samples in each (their first rows)."""
+        size = self.optim.micro_batch_size
+        layers = self.moe_layers if replay else None
+        batches = [
+            collate(samples[i : i + size], pad_id=self.pad_id, moe_layers=layers)
+            for i in range(0, len(samples), size)
+        ]
+        if replay and any(b.replay is None for b in batches):
+            raise ValueError("routing replay is on but a sample carries no rollout routes")
+        rows = [b.input_ids.shape[0] for b in batches]
+        if not self.lockstep or self.world_size == 1:
+            return list(zip(batches, rows, strict=True))
+        # Same count and shapes on every rank: pad each batch to the largest, and add empty
+        # batches where a rank has fewer.
+        shapes = torch.zeros(self.world_size, 1 + 2 * MAX_LOCKSTEP_BATCHES, dtype=torch.long)
+        if len(batches) > MAX_LOCKSTEP_BATCHES:
+            raise ValueError(f"more than {MAX_LOCKSTEP_BATCHES} micro-batches on one rank")
+        shapes[self.rank, 0] = len(batches)
+        for i, b in enumerate(batches):
+            shapes[self.rank, 1 + 2 * i : 3 + 2 * i] = torch.tensor(b.input_ids.shape)
+        shapes = self._all_reduce_sum(shapes).amax(0)
+        count = int(shapes[0])
+        return [
+            (
+                pad_batch(
+                    batches[i] if i < len(batches) else None,
+                    rows=int(shapes[1 + 2 * i]),
+                    length=int(shapes[2 + 2 * i]),
+                    pad_id=self.pad_id,
+                    moe_layers=layers,
+                    top_k=self.top_k,
+                ),
+                rows[i] if i < len(batches) else 0,
+            )
+            for i in range(count)
+        ]
 
     def train_step(
         self, samples: list[Sample], *, objective: str, lr: float, global_tokens: int
     ) -> dict[str, float]:
-        """One optimizer step over this rank's ``samples`` (gradients averaged across ranks).
+        """One optimizer step over this rank's ``samples`` (gradients summed across ranks).
 
         ``global_tokens``: response tokens of the whole step over all ranks, the divisor
         of every per-token average.
@@ -119,24 +145,17 @@ class TorchBackend:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        size = self.optim.micro_batch_size
-        micro_batches = [samples[i : i + size] for i in range(0, len(samples), size)]
-        # GAL is a per-micro-batch loss: average it over every micro-batch of the step.
-        total_micro = float(self._all_reduce_sum(torch.tensor(float(len(micro_batches)))))
+        batches = self._batches(samples, replay=objective == "opd" and self.routing_replay)
+        # GAL is a per-micro-batch loss: average it over every real micro-batch of the step.
+        real = sum(1 for _, rows in batches if rows)
+        total_micro = float(self._all_reduce_sum(torch.tensor(float(real))))
         sums: dict[str, float] = {}
         zero_ratio_per_layer = torch.zeros(len(self.moe_layers))
         routed_tokens = 0.0
-        for micro in micro_batches:
-            replay_layers = self.moe_layers if objective == "opd" and self.routing_replay else None
-            batch = collate(micro, pad_id=self.pad_id, moe_layers=replay_layers)
-            if replay_layers is not None and batch.replay is None:
-                raise ValueError("routing replay is on but a sample carries no rollout routes")
-            out = self.model(
-                input_ids=batch.input_ids,
-                attention_mask=batch.attention_mask,
-                routing_replay=batch.replay,
-            )
-            logp = token_logprobs(out.logits, batch.targets, self.temperature)
+        for batch, rows in batches:
+            weight = 1.0 if rows else 0.0  # an empty lockstep batch only keeps ranks in step
+            logits, routing = self._forward(batch)
+            logp = token_logprobs(logits, batch.targets, self.temperature)
             if objective == "sft":
                 main = response_nll(logp, batch.loss_mask, normalizer=global_tokens)
                 stats = {"nll_sum": float(main.detach()) * global_tokens}
@@ -152,22 +171,20 @@ class TorchBackend:
                     normalizer=global_tokens,
                 )
             gal = group_aux_loss(
-                out.routing,
+                routing,
                 num_real=self.num_real,
                 num_zero=self.num_zero,
                 top_k=self.top_k,
                 config=self.gal,
             )
-            (main + gal / total_micro).backward()
-            stats["gal_sum"] = float(gal.detach())
-            tokens = sum(r.num_tokens for r in out.routing[:1])
+            (main + gal * (weight / total_micro)).backward()
+            stats["gal_sum"] = float(gal.detach()) * weight
+            tokens = sum(r.num_tokens for r in routing[:1]) * weight
             routed_tokens += tokens
-            zero_ratio_per_layer += torch.tensor(
-                [float(r.zero_ratio) * tokens for r in out.routing]
-            )
+            zero_ratio_per_layer += torch.tensor([float(r.zero_ratio) * tokens for r in routing])
             for key, value in stats.items():
                 sums[key] = sums.get(key, 0.0) + value
-        grad_norm = self._all_reduce_gradients()
+        grad_norm = self._reduce_gradients()
         self.optimizer.step()
         self.step += 1
         return self._step_metrics(
@@ -213,55 +230,122 @@ class TorchBackend:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
-    def _all_reduce_gradients(self) -> float:
-        """Sum gradients over ranks (the losses are already global averages), in one flat
-        buffer per call to keep gloo's per-message overhead low; then clip."""
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        if self.world_size > 1:
-            flat = torch.cat([p.grad.reshape(-1) for p in params])
-            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    def _reduce_gradients(self) -> float:
+        """Sum gradients over their groups (the losses are already global averages), one flat
+        buffer per group to keep gloo's per-message overhead low; then clip."""
+        params = []
+        for group_params, group in self._gradient_groups():
+            for p in group_params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            params += group_params
+            if group is None or dist.get_world_size(group) == 1 or not group_params:
+                continue
+            flat = torch.cat([p.grad.reshape(-1) for p in group_params])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
             offset = 0
-            for p in params:
+            for p in group_params:
                 n = p.numel()
                 p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
                 offset += n
-        norm = torch.nn.utils.clip_grad_norm_(params, self.optim.grad_clip)
+        norm = self._clip_gradients(params)
         return float(norm) if math.isfinite(float(norm)) else float("nan")
 
-    # -- inference, export, checkpoints ----------------------------------------------------
+    def _clip_gradients(self, params: list[torch.nn.Parameter]) -> torch.Tensor:
+        return torch.nn.utils.clip_grad_norm_(params, self.optim.grad_clip)
+
+    # -- inference --------------------------------------------------------------------------
 
     @torch.no_grad()
     def logprobs(
         self, samples: list[Sample], temperature: float, replay: bool | None = None
     ) -> list[list[float]]:
         """Log-probabilities of each sample's response tokens under the current weights
-        (routes replayed from the samples if ``replay``, default: the backend's setting)."""
+        (routes replayed from the samples if ``replay``, default: the backend's setting).
+        Lockstep backends need the call on every rank."""
         self.model.eval()
         try:
             replay = self.routing_replay if replay is None else replay
-            replay_layers = self.moe_layers if replay else None
-            batch = collate(samples, pad_id=self.pad_id, moe_layers=replay_layers)
-            out = self.model(
-                input_ids=batch.input_ids,
-                attention_mask=batch.attention_mask,
-                routing_replay=batch.replay,
-            )
-            logp = token_logprobs(out.logits, batch.targets, temperature)
+            out = []
+            for batch, rows in self._batches(samples, replay=bool(replay)):
+                logits, _ = self._forward(batch)
+                logp = token_logprobs(logits, batch.targets, temperature)
+                out += [logp[i][batch.loss_mask[i]].tolist() for i in range(rows)]
         finally:
             self.model.train()
-        return [logp[i][batch.loss_mask[i]].tolist() for i in range(len(samples))]
+        return out
+
+    def reset_optimizer(self) -> None:
+        """Forget the Adam moments (a new stage), keeping the hyperparameters."""
+        self.optimizer.state.clear()
+
+
+class TorchBackend(StepBackend):
+    """The transformers ZEDA model, data-parallel over torch.distributed."""
+
+    def __init__(
+        self,
+        model_dir: str,
+        *,
+        rank: int,
+        world_size: int,
+        init_method: str,
+        optim: OptimConfig,
+        gal: GroupAuxLossConfig,
+        temperature: float,
+        routing_replay: bool,
+        ppo_clip: float = 0.2,
+        seed: int = 0,
+    ):
+        from zeda_rl.models.registry import load_zeda_model
+
+        if not dist.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            dist.init_process_group(
+                backend, init_method=init_method, rank=rank, world_size=world_size
+            )
+        self._setup(
+            rank=rank,
+            world_size=world_size,
+            optim=optim,
+            gal=gal,
+            temperature=temperature,
+            routing_replay=routing_replay,
+            ppo_clip=ppo_clip,
+        )
+        torch.manual_seed(seed + rank)
+        self.model = load_zeda_model(model_dir, dtype=torch.float32).train()
+        config = self.model.config
+        self.num_real, self.num_zero = config.num_routed_experts, config.num_zero_experts
+        self.top_k = config.num_experts_per_tok
+        self.pad_id = config.pad_token_id if config.pad_token_id is not None else 0
+        self.moe_layers = self._moe_layers()
+        self.optimizer = self._make_optimizer(
+            [p for p in self.model.parameters() if p.requires_grad]
+        )
+
+    def _moe_layers(self) -> list[int]:
+        probe = torch.zeros(1, 2, dtype=torch.long)
+        with torch.no_grad():
+            return [r.layer_idx for r in self.model(input_ids=probe).routing]
+
+    def _forward(self, batch: Batch) -> tuple[torch.Tensor, list]:
+        out = self.model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            routing_replay=batch.replay,
+        )
+        return out.logits, out.routing
+
+    def _gradient_groups(self):
+        return [([p for p in self.model.parameters() if p.requires_grad], dist.group.WORLD)]
+
+    # -- export, checkpoints ----------------------------------------------------------------
 
     def named_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         """The student's weights under the transformers names the vLLM plugin loads."""
         for name, tensor in self.model.state_dict().items():
             yield name, tensor.detach()
-
-    def reset_optimizer(self) -> None:
-        """Forget the Adam moments (a new stage), keeping the hyperparameters."""
-        self.optimizer.state.clear()
 
     def save(self, directory: Path) -> None:
         """Rank 0 writes the model (HF format) and the optimizer state into ``directory``."""
@@ -297,4 +381,11 @@ def local_init_method() -> str:
     return f"tcp://127.0.0.1:{free_port()}"
 
 
-__all__ = ["OBJECTIVES", "OptimConfig", "TorchBackend", "TrainerBackend", "local_init_method"]
+__all__ = [
+    "OBJECTIVES",
+    "OptimConfig",
+    "StepBackend",
+    "TorchBackend",
+    "TrainerBackend",
+    "local_init_method",
+]

@@ -88,3 +88,53 @@ def collate(samples: list[Sample], *, pad_id: int, moe_layers: list[int] | None 
             layer: ids[:, :, j].reshape(b * length, top_k) for j, layer in enumerate(moe_layers)
         }
     return Batch(input_ids, attention, targets, loss_mask, rollout, teacher, replay)
+
+
+def pad_batch(
+    batch: Batch | None,
+    *,
+    rows: int,
+    length: int,
+    pad_id: int,
+    moe_layers: list[int] | None,
+    top_k: int,
+) -> Batch:
+    """``batch`` padded to ``rows x length`` with masked-out padding (``None``: an empty
+    batch of that shape), so ranks that must run in step see equal shapes."""
+    if batch is None:
+        batch = Batch(
+            torch.full((0, 0), pad_id, dtype=torch.long),
+            torch.zeros(0, 0, dtype=torch.long),
+            torch.full((0, 0), pad_id, dtype=torch.long),
+            torch.zeros(0, 0, dtype=torch.bool),
+        )
+    b, s = batch.input_ids.shape
+    if b > rows or s > length:
+        raise ValueError(f"batch of {b}x{s} does not fit {rows}x{length}")
+
+    def grow(t: torch.Tensor | None, fill) -> torch.Tensor | None:
+        if t is None:
+            return None
+        out = torch.full((rows, length), fill, dtype=t.dtype)
+        out[:b, :s] = t
+        return out
+
+    replay = None
+    if moe_layers is not None:
+        replay = {}
+        for layer in moe_layers:
+            # Padding replays slots 0..K-1 (valid, distinct ids), as collate does.
+            ids = torch.arange(top_k).expand(rows, length, top_k).clone()
+            if batch.replay is not None:
+                ids[:b, :s] = batch.replay[layer].view(b, s, top_k)
+            replay[layer] = ids.reshape(rows * length, top_k)
+    empty = b == 0
+    return Batch(
+        grow(batch.input_ids, pad_id),
+        grow(batch.attention_mask, 0),
+        grow(batch.targets, pad_id),
+        grow(batch.loss_mask, False),
+        grow(batch.rollout_logprobs, 0.0) if not empty else torch.zeros(rows, length),
+        grow(batch.teacher_logprobs, 0.0) if not empty else torch.zeros(rows, length),
+        replay,
+    )

@@ -26,8 +26,9 @@ def register() -> None:
     """Idempotent (vLLM may call it several times per process)."""
     from vllm import ModelRegistry
 
+    from zeda_rl.cpu_shims import native_rope_for_mla_on_cpu
     from zeda_rl.models.registry import register as register_hf
-    from zeda_rl.vllm_plugin.compat import native_rope_for_mla_on_cpu, register_mla_model_types
+    from zeda_rl.vllm_plugin.compat import register_mla_model_types
     from zeda_rl.vllm_plugin.weight_transfer import register_engines
 
     # vLLM reads config.json through transformers' AutoConfig: our config classes first.

