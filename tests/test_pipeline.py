@@ -76,6 +76,38 @@ def test_pipeline_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("family", ["qwen3_moe", "glm4_moe_lite"])
+def test_pipeline_on_megatron_with_expert_parallelism(tmp_path, family):
+    """Both stages with the megatron backend, experts split over the two trainer ranks, and
+    weights sent through vLLM's weight transfer API (zeda_gloo)."""
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        _cmd(
+            run_dir,
+            f"model.family={family}",
+            "stage2.steps=2",
+            "trainer.backend=megatron",
+            "trainer.expert_parallel=2",
+            "weight_sync.method=gloo",
+        ),
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    pipe = json.loads((run_dir / "summary.json").read_text())["pipeline"]
+    assert pipe["stage1"]["last"]["nll"] > 0
+    last = pipe["stage2"]["last"]
+    assert last["train_rollout_logprob_diff"] < 1e-4  # R3 through the megatron router
+    assert last["sync_logprob_max_diff"] < 1e-3  # experts gathered over EP, sent over gloo
+    final = Path(pipe["student_final"])
+    assert (final / "model.safetensors").is_file() and (final / "config.json").is_file()
+    path, _ = latest_checkpoint(run_dir / "checkpoints")
+    assert {"optimizer-rank0.pt", "optimizer-rank1.pt"} <= {p.name for p in path.iterdir()}
+
+
+@pytest.mark.slow
 def test_resume_after_kill(tmp_path):
     run_dir = tmp_path / "run"
     proc = subprocess.Popen(

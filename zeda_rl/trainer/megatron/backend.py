@@ -71,6 +71,26 @@ def init_model_parallel(
         )
 
 
+def megatron_forward(
+    model,
+    routing: RoutingState,
+    ids: torch.Tensor,
+    positions: torch.Tensor,
+    token_mask: torch.Tensor | None = None,
+    replay: dict[int, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, list]:
+    """Logits ``[B, S, V]`` (fp32) and the MoE layers' routing records of one forward.
+    Right padding under the causal mask needs no attention mask; ``token_mask`` keeps the
+    padding out of the routing statistics."""
+    routing.begin(None if token_mask is None else token_mask.reshape(-1).bool(), replay)
+    try:
+        logits = model(ids, positions, None)
+    except BaseException:
+        routing.begin(None, None)  # drop the half-finished forward's state
+        raise
+    return logits.float(), routing.end()
+
+
 class MegatronBackend(StepBackend):
     lockstep = True
 
@@ -161,13 +181,9 @@ class MegatronBackend(StepBackend):
     def _forward(self, batch: Batch) -> tuple[torch.Tensor, list]:
         ids = batch.input_ids.to(self.device)
         positions = torch.arange(ids.shape[1], device=self.device).expand_as(ids)
-        self.routing.begin(batch.attention_mask.reshape(-1).bool(), batch.replay)
-        try:
-            # Right padding under a causal mask: no attention mask needed.
-            logits = self.model(ids, positions, None)
-        finally:
-            records = self.routing.end()
-        return logits.float(), records
+        return megatron_forward(
+            self.model, self.routing, ids, positions, batch.attention_mask, batch.replay
+        )
 
     def _gradient_groups(self):
         """Dense weights: summed over the data-parallel group (every rank); experts: over the
