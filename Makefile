@@ -38,6 +38,7 @@ test-fast: install
 
 bench: install
 	$(PY) bench/moe_block.py
+	$(PY) bench/trainer_step.py
 
 lint: install
 	$(VENV)/bin/ruff check .

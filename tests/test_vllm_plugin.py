@@ -116,7 +116,9 @@ def test_vllm_serves_checkpoint_with_transformers_logprobs(tmp_path, family, kin
             hf = model(input_ids=torch.tensor([prompt + ids]))
         logits = hf.logits[0, len(prompt) - 1 : -1].double()
         hf_logprobs = torch.log_softmax(logits, -1).gather(1, torch.tensor(ids)[:, None])[:, 0]
-        assert torch.allclose(hf_logprobs, vllm_logprobs.double(), atol=1e-4, rtol=0)
+        diff = (hf_logprobs - vllm_logprobs.double()).abs().max().item()
+        print(f"{kind} {family}: served vs transformers logprobs max |diff| {diff:.2e}")
+        assert diff <= 1e-4
         assert torch.equal(logits.argmax(-1), torch.tensor(ids))  # greedy = transformers argmax
         if kind == "zeda":
             ratios.append(zero_expert_ratio(hf.routing))

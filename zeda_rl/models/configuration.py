@@ -19,6 +19,11 @@ from transformers import Glm4MoeLiteConfig, Qwen3MoeConfig
 
 from zeda_rl.models.zero_experts import ZERO_EXPERT_TYPES
 
+# transformers' GLM-4.7-Flash normalises its q and kv LoRA ranks (q_a_layernorm,
+# kv_a_layernorm) with eps 1e-6 whatever rms_norm_eps says; other implementations (vLLM,
+# megatron-core) take rms_norm_eps and are set to this to compute the same model.
+GLM_LORA_NORM_EPS = 1e-6
+
 
 def _take_author_aliases(config: Any, kwargs: dict[str, Any]) -> None:
     """Map the authors' ``zce_*`` fields onto ours (a single zero-expert group only)."""

@@ -21,6 +21,7 @@ from vllm.model_executor.models.utils import (
 )
 from vllm.sequence import IntermediateTensors
 
+from zeda_rl.models.configuration import GLM_LORA_NORM_EPS
 from zeda_rl.vllm_plugin.compat import moe_block_bound_to
 from zeda_rl.vllm_plugin.moe import ZedaVllmMoe
 
@@ -146,4 +147,8 @@ class ZedaGlm4MoeLiteForCausalLM(_ZedaCausalLM):
             self.model = vllm_glm4_moe_lite.Glm4MoeLiteModel(
                 vllm_config=vllm_config, prefix=maybe_prefix(prefix, "model")
             )
+        # As transformers (configuration.GLM_LORA_NORM_EPS); vLLM uses rms_norm_eps.
+        for name, module in self.model.named_modules():
+            if name.endswith(("q_a_layernorm", "kv_a_layernorm")):
+                module.variance_epsilon = GLM_LORA_NORM_EPS
         self._finish(vllm_config, self.config, prefix)

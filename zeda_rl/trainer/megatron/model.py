@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from zeda_rl.models.configuration import GLM_LORA_NORM_EPS
 from zeda_rl.models.zero_experts import RoutingState
 
 
@@ -141,7 +142,7 @@ def build_gpt_model(hf_config, routing_state: RoutingState, *, expert_parallel: 
         if is_glm(hf_config):
             attention = layer_spec.submodules.self_attention.submodules
             attention.core_attention = _local_mla_core_attention()
-    return GPTModel(
+    model = GPTModel(
         config,
         spec,
         vocab_size=hf_config.vocab_size,
@@ -150,3 +151,10 @@ def build_gpt_model(hf_config, routing_state: RoutingState, *, expert_parallel: 
         rotary_base=int(rope_theta(hf_config)) if not is_glm(hf_config) else 10000,
         share_embeddings_and_output_weights=hf_config.tie_word_embeddings,
     )
+    if is_glm(hf_config):
+        # As transformers (configuration.GLM_LORA_NORM_EPS); megatron would use
+        # layernorm_epsilon: measured 1.6e-4 relative error per layer.
+        for layer in model.decoder.layers:
+            for norm in (layer.self_attention.q_layernorm, layer.self_attention.kv_layernorm):
+                norm.eps = GLM_LORA_NORM_EPS
+    return model
