@@ -42,3 +42,13 @@ def static_checkpoints(tmp_path_factory) -> dict[str, Path]:
         (path / "tokenizer_config.json").write_text('{"model_max_length": 512}\n')
         out[family] = path
     return out
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need CUDA: skipped cleanly without it (CI has none)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (run on a GPU machine: pytest -m gpu)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

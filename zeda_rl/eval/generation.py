@@ -44,10 +44,21 @@ def vllm_engine(
     it with ``close_vllm_engine`` before starting another in the same process."""
     import os
 
+    import torch
+
     # vLLM reads these at import/engine start; set them only where the caller did not.
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     from vllm import LLM
+
+    if (
+        torch.cuda.is_available()
+        and kv_cache_gib > 0
+        and "kv_cache_memory_bytes" not in engine_kwargs
+    ):
+        # A fixed KV budget instead of a share of the whole GPU, so that engines (rollout,
+        # teacher) and trainers can share one device; 0 keeps vLLM's gpu_memory_utilization.
+        engine_kwargs["kv_cache_memory_bytes"] = kv_cache_gib * 2**30
 
     return LLM(
         model=str(model_dir),

@@ -68,6 +68,12 @@ class StepBackend:
     lockstep = False
 
     def _setup(self, *, rank, world_size, optim, gal, temperature, routing_replay, ppo_clip):
+        # One GPU per rank when there are GPUs (a Ray actor sees only its own).
+        if torch.cuda.is_available():
+            torch.cuda.set_device(rank % torch.cuda.device_count())
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        else:
+            self.device = torch.device("cpu")
         self.rank, self.world_size = rank, world_size
         self.optim, self.gal, self.temperature = optim, gal, temperature
         self.routing_replay = routing_replay
@@ -153,6 +159,7 @@ class StepBackend:
         zero_ratio_per_layer = torch.zeros(len(self.moe_layers))
         routed_tokens = 0.0
         for batch, rows in batches:
+            batch = batch.to(self.device)
             weight = 1.0 if rows else 0.0  # an empty lockstep batch only keeps ranks in step
             logits, routing = self._forward(batch)
             logp = token_logprobs(logits, batch.targets, self.temperature)
@@ -226,9 +233,12 @@ class StepBackend:
         return metrics
 
     def _all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.world_size > 1:
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        return tensor
+        """Sum over all ranks (on the backend's device: NCCL reduces CUDA tensors only)."""
+        if self.world_size == 1:
+            return tensor
+        on_device = tensor.to(self.device)
+        dist.all_reduce(on_device, op=dist.ReduceOp.SUM)
+        return on_device.to(tensor.device)
 
     def _reduce_gradients(self) -> float:
         """Sum gradients over their groups (the losses are already global averages), one flat
@@ -268,6 +278,7 @@ class StepBackend:
             replay = self.routing_replay if replay is None else replay
             out = []
             for batch, rows in self._batches(samples, replay=bool(replay)):
+                batch = batch.to(self.device)
                 logits, _ = self._forward(batch)
                 logp = token_logprobs(logits, batch.targets, temperature)
                 out += [logp[i][batch.loss_mask[i]].tolist() for i in range(rows)]
@@ -314,7 +325,7 @@ class TorchBackend(StepBackend):
             ppo_clip=ppo_clip,
         )
         torch.manual_seed(seed + rank)
-        self.model = load_zeda_model(model_dir, dtype=torch.float32).train()
+        self.model = load_zeda_model(model_dir, dtype=torch.float32).to(self.device).train()
         config = self.model.config
         self.num_real, self.num_zero = config.num_routed_experts, config.num_zero_experts
         self.top_k = config.num_experts_per_tok
@@ -325,7 +336,7 @@ class TorchBackend(StepBackend):
         )
 
     def _moe_layers(self) -> list[int]:
-        probe = torch.zeros(1, 2, dtype=torch.long)
+        probe = torch.zeros(1, 2, dtype=torch.long, device=self.device)
         with torch.no_grad():
             return [r.layer_idx for r in self.model(input_ids=probe).routing]
 

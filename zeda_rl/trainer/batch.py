@@ -43,6 +43,20 @@ class Batch:
     def num_tokens(self) -> int:
         return int(self.loss_mask.sum())
 
+    def to(self, device: torch.device) -> Batch:
+        def move(t):
+            return None if t is None else t.to(device)
+
+        return Batch(
+            move(self.input_ids),
+            move(self.attention_mask),
+            move(self.targets),
+            move(self.loss_mask),
+            move(self.rollout_logprobs),
+            move(self.teacher_logprobs),
+            None if self.replay is None else {k: v.to(device) for k, v in self.replay.items()},
+        )
+
 
 def collate(samples: list[Sample], *, pad_id: int, moe_layers: list[int] | None = None) -> Batch:
     """Right-pad ``samples`` into one batch; ``moe_layers`` orders the routes' columns."""

@@ -61,8 +61,6 @@ def init_model_parallel(
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size)
-    if torch.cuda.is_available():
-        torch.cuda.set_device(rank % torch.cuda.device_count())
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(
             tensor_model_parallel_size=1,
@@ -154,9 +152,7 @@ class MegatronBackend(StepBackend):
         self.ep_rank = parallel_state.get_expert_model_parallel_rank()
         self.routing = RoutingState()
         self.model = build_gpt_model(config, self.routing, expert_parallel=expert_parallel)
-        device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-        self.model.to(device)
-        self.device = device
+        self.model.to(self.device)
         mine = experts_on_rank(config, self.ep_rank, self.ep_size)
         checkpoint = load_hf_state(model_dir, keep=lambda name: is_expert_of(name, mine))
         state = hf_to_megatron(checkpoint, config, ep_rank=self.ep_rank, ep_size=self.ep_size)
@@ -179,8 +175,8 @@ class MegatronBackend(StepBackend):
     # -- StepBackend hooks ------------------------------------------------------------------
 
     def _forward(self, batch: Batch) -> tuple[torch.Tensor, list]:
-        ids = batch.input_ids.to(self.device)
-        positions = torch.arange(ids.shape[1], device=self.device).expand_as(ids)
+        ids = batch.input_ids
+        positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
         return megatron_forward(
             self.model, self.routing, ids, positions, batch.attention_mask, batch.replay
         )
@@ -204,7 +200,7 @@ class MegatronBackend(StepBackend):
         counted once; expert gradients live on their EP rank and are summed over ranks."""
         dense = [p.grad for p in params if getattr(p, "allreduce", True)]
         experts = [p.grad for p in params if not getattr(p, "allreduce", True)]
-        squares = torch.zeros(2, dtype=torch.float64)
+        squares = torch.zeros(2, dtype=torch.float64, device=self.device)
         squares[0] = sum((g.double() ** 2).sum() for g in dense) if dense else 0.0
         squares[1] = sum((g.double() ** 2).sum() for g in experts) if experts else 0.0
         if self.ep_size > 1:
@@ -233,7 +229,7 @@ class MegatronBackend(StepBackend):
         for name, tensor in self.model.state_dict().items():
             if name.endswith("_extra_state"):
                 continue
-            (local if ".local_experts." in name else rest)[name] = tensor.detach().cpu()
+            (local if ".local_experts." in name else rest)[name] = tensor.detach()
         experts = {}
         per_rank = len(self.local_experts)
         for name, tensor in local.items():
@@ -266,7 +262,7 @@ class MegatronBackend(StepBackend):
         if self.rank == 0:
             self.hf_config.save_pretrained(directory)
             save_file(
-                {k: v.contiguous() for k, v in state.items()},
+                {k: v.contiguous().cpu() for k, v in state.items()},
                 str(directory / "model.safetensors"),
                 metadata={"format": "pt"},
             )
