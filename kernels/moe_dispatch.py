@@ -86,7 +86,37 @@ def _torch_grouped(
     return out
 
 
-EXPERT_BACKENDS: dict[str, Callable[..., torch.Tensor]] = {"torch": _torch_grouped}
+def _torch_backend(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, num_real, activation):
+    groups = group_real_slots(topk_ids, num_real)
+    return _torch_grouped(
+        hidden, groups, topk_weights.reshape(-1), gate_up_proj, down_proj, activation
+    )
+
+
+def _triton_backend(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, num_real, activation):
+    from zeda_kernels.triton_moe import fused_experts
+
+    return fused_experts(
+        hidden, topk_ids, topk_weights, gate_up_proj, down_proj, num_real, activation
+    )
+
+
+# name -> fn(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, num_real, activation)
+EXPERT_BACKENDS: dict[str, Callable[..., torch.Tensor]] = {
+    "torch": _torch_backend,  # the reference: any device, autograd
+    "triton": _triton_backend,  # fused Triton kernels (CUDA; TRITON_INTERPRET=1 on CPU)
+}
+
+
+def default_backend(hidden: torch.Tensor) -> str:
+    """The fused kernels on CUDA when Triton is installed, the torch reference elsewhere."""
+    if hidden.is_cuda:
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return "torch"
+        return "triton"
+    return "torch"
 
 
 def grouped_experts_forward(
@@ -98,7 +128,7 @@ def grouped_experts_forward(
     *,
     num_real_experts: int,
     activation: Callable[[torch.Tensor], torch.Tensor] = F.silu,
-    backend: str = "torch",
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Weighted sum of the real experts each token picked; zero-expert picks cost nothing.
 
@@ -108,6 +138,8 @@ def grouped_experts_forward(
         topk_weights: ``[T, K]`` gate weights of the chosen slots (zero-slot weights ignored).
         gate_up_proj: ``[N, 2I, H]`` fused gate/up projections (transformers' layout).
         down_proj: ``[N, H, I]`` down projections.
+        backend: ``auto`` (the fused Triton kernels on CUDA, the torch reference elsewhere),
+            ``torch`` or ``triton``.
     """
     if gate_up_proj.shape[0] != num_real_experts or down_proj.shape[0] != num_real_experts:
         raise ValueError(
@@ -119,11 +151,14 @@ def grouped_experts_forward(
             f"shape mismatch: hidden {tuple(hidden.shape)}, topk_ids {tuple(topk_ids.shape)}, "
             f"topk_weights {tuple(topk_weights.shape)}"
         )
+    if backend == "auto":
+        backend = default_backend(hidden)
     try:
         impl = EXPERT_BACKENDS[backend]
     except KeyError:
         raise ValueError(
-            f"unknown experts backend {backend!r}; available: {sorted(EXPERT_BACKENDS)}"
+            f"unknown experts backend {backend!r}; available: auto, {sorted(EXPERT_BACKENDS)}"
         ) from None
-    groups = group_real_slots(topk_ids, num_real_experts)
-    return impl(hidden, groups, topk_weights.reshape(-1), gate_up_proj, down_proj, activation)
+    return impl(
+        hidden, topk_ids, topk_weights, gate_up_proj, down_proj, num_real_experts, activation
+    )

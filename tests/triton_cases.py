@@ -1,0 +1,128 @@
+"""Cases for the fused Triton MoE kernels against the torch reference, on small shapes.
+
+Run by tests/test_triton_moe.py: directly on CUDA, else in a fresh process under Triton's
+interpreter (``TRITON_INTERPRET=1`` must be set before anything imports triton).
+
+Tolerances: fp32 1e-5 absolute (ieee dot products, fp32 accumulation in both); bf16 3e-2
+(the kernels accumulate in fp32 and round once, the reference rounds per expert).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
+triton_moe = pytest.importorskip("zeda_kernels.triton_moe")
+
+from zeda_kernels.moe_dispatch import grouped_experts_forward  # noqa: E402
+
+
+def _case(tokens, hidden, inter, num_real, num_zero, top_k, zero_share, seed=0, skew=False):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(tokens, hidden, generator=g)
+    gate_up = torch.randn(num_real, 2 * inter, hidden, generator=g) / hidden**0.5
+    down = torch.randn(num_real, hidden, inter, generator=g) / inter**0.5
+    ids = []
+    for _ in range(tokens):
+        zero = int((torch.rand(top_k, generator=g) < zero_share).sum())
+        pool = torch.arange(2 if skew else num_real)  # skew: everything on experts 0 and 1
+        real = pool[torch.randperm(pool.numel(), generator=g)][: top_k - zero]
+        zeros = num_real + torch.randperm(num_zero, generator=g)[:zero]
+        ids.append(torch.cat([real, zeros])[torch.randperm(top_k, generator=g)])
+    ids = torch.stack(ids)
+    weights = torch.rand(tokens, top_k, generator=g)
+    return x, ids, weights, gate_up, down
+
+
+CASES = {
+    "mixed": dict(tokens=13, hidden=40, inter=24, num_real=6, num_zero=3, top_k=3, zero_share=0.4),
+    "all_zero": dict(tokens=5, hidden=32, inter=16, num_real=4, num_zero=2, top_k=2, zero_share=1),
+    "no_zero": dict(tokens=9, hidden=32, inter=16, num_real=4, num_zero=2, top_k=2, zero_share=0),
+    "one_expert": dict(
+        tokens=20, hidden=32, inter=16, num_real=4, num_zero=2, top_k=1, zero_share=0.0, skew=True
+    ),
+    "odd_sizes": dict(
+        tokens=3, hidden=33, inter=17, num_real=5, num_zero=2, top_k=2, zero_share=0.5
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_align_groups_only_real_slots(name):
+    x, ids, *_ = _case(**CASES[name])
+    num_real, block_m = CASES[name]["num_real"], 16
+    sorted_slots, block_expert, counts = triton_moe.align_real_slots(ids, num_real, block_m)
+    num_slots = ids.numel()
+    flat = ids.reshape(-1)
+    assert counts.tolist() == torch.bincount(flat[flat < num_real], minlength=num_real).tolist()
+    used = sorted_slots[sorted_slots < num_slots]
+    # Every real slot exactly once, no zero slot at all.
+    assert sorted(used.tolist()) == torch.nonzero(flat < num_real).flatten().tolist()
+    # Each block holds slots of its expert only; padding only at the end of an expert's run.
+    for b, expert in enumerate(block_expert.tolist()):
+        block = sorted_slots[b * block_m : (b + 1) * block_m]
+        real = block[block < num_slots]
+        if expert >= num_real:
+            assert real.numel() == 0
+            continue
+        assert torch.all(flat[real.long()] == expert)
+    assert block_expert.numel() * block_m == sorted_slots.numel()
+    # Capacity is fixed by the shapes alone (CUDA-graph friendly).
+    assert sorted_slots.numel() >= num_slots + num_real * (block_m - 1)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_forward_matches_reference_fp32(name):
+    x, ids, w, gate_up, down = _case(**CASES[name])
+    n = CASES[name]["num_real"]
+    ref = grouped_experts_forward(x, ids, w, gate_up, down, num_real_experts=n, backend="torch")
+    out = grouped_experts_forward(x, ids, w, gate_up, down, num_real_experts=n, backend="triton")
+    assert out.dtype == x.dtype
+    assert torch.allclose(out, ref, atol=1e-5, rtol=0), (out - ref).abs().max()
+    all_zero_tokens = (ids >= n).all(-1)
+    assert torch.all(out[all_zero_tokens] == 0)  # exactly zero, not small
+
+
+def test_forward_matches_reference_bf16_and_large_blocks():
+    x, ids, w, gate_up, down = _case(**CASES["mixed"])
+    n = CASES["mixed"]["num_real"]
+    ref = grouped_experts_forward(x, ids, w, gate_up, down, num_real_experts=n, backend="torch")
+    bf = [t.bfloat16() for t in (x, gate_up, down)]
+    out = grouped_experts_forward(bf[0], ids, w, bf[1], bf[2], num_real_experts=n, backend="triton")
+    assert out.dtype == torch.bfloat16
+    assert torch.allclose(out.float(), ref, atol=3e-2, rtol=3e-2)
+    # The prefill block shape (BLOCK_M 64) gives the same answer.
+    big = triton_moe.fused_experts_forward(
+        x, ids, w, gate_up, down, num_real_experts=n, blocks=(64, 64, 32)
+    )
+    assert torch.allclose(big, ref, atol=1e-5, rtol=0)
+
+
+def test_backward_matches_reference():
+    x, ids, w, gate_up, down = _case(**CASES["mixed"])
+    n = CASES["mixed"]["num_real"]
+    grads = {}
+    for backend in ("torch", "triton"):
+        leaves = [t.clone().requires_grad_() for t in (x, w, gate_up, down)]
+        out = grouped_experts_forward(
+            leaves[0], ids, leaves[1], leaves[2], leaves[3], num_real_experts=n, backend=backend
+        )
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        grads[backend] = [t.grad for t in leaves]
+    for mine, ref in zip(grads["triton"], grads["torch"], strict=True):
+        assert torch.allclose(mine, ref, atol=1e-5, rtol=1e-5)
+    # Zero slots get no gradient through the experts.
+    assert torch.all(grads["triton"][1][ids >= n] == 0)
+
+
+def test_only_silu_experts():
+    x, ids, w, gate_up, down = _case(**CASES["no_zero"])
+    with pytest.raises(ValueError, match="SiLU"):
+        grouped_experts_forward(
+            x, ids, w, gate_up, down, num_real_experts=4, activation=F.gelu, backend="triton"
+        )
