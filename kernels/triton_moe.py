@@ -1,5 +1,4 @@
-"""Fused MoE in Triton that never touches a zero-expert pick (forward; backward reuses the
-same grouping through the torch path).
+"""Fused MoE in Triton that never touches a zero-expert pick, forward and backward.
 
 Dataflow::
 
@@ -26,7 +25,6 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
-from zeda_kernels.moe_dispatch import _torch_grouped
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -56,9 +54,10 @@ def _scatter_kernel(
 def align_real_slots(topk_ids: torch.Tensor, num_real: int, block_m: int):
     """Group the real slots of ``topk_ids`` by expert, padded per expert to ``block_m``.
 
-    Returns ``(sorted_slots [P], block_expert [P // block_m], counts [N])``: flat slot
-    indices (``num_slots`` marks padding), the expert of every block (``num_real`` for a
-    block past the used length), and the real picks per expert.
+    Returns ``(sorted_slots [P], block_expert [P // block_m], counts [N], starts [N])``:
+    flat slot indices (``num_slots`` marks padding), the expert of every block (``num_real``
+    for a block past the used length), the real picks per expert and where each expert's
+    padded run starts.
     """
     tokens, top_k = topk_ids.shape
     num_slots = tokens * top_k
@@ -79,7 +78,7 @@ def align_real_slots(topk_ids: torch.Tensor, num_real: int, block_m: int):
     block_starts = torch.arange(0, capacity, block_m, device=device, dtype=torch.int32)
     # The expert whose padded range holds each block; num_real past the used length.
     block_expert = torch.searchsorted(ends, block_starts, right=True).to(torch.int32)
-    return sorted_slots, block_expert, counts
+    return sorted_slots, block_expert, counts, starts
 
 
 @triton.jit
@@ -207,6 +206,291 @@ def _down_kernel(
     )
 
 
+@triton.jit
+def _bwd_rows_kernel(
+    x_ptr,
+    dout_ptr,
+    wgu_ptr,
+    wd_ptr,
+    sorted_ptr,
+    block_expert_ptr,
+    weights_ptr,
+    dgu_ptr,
+    wact_ptr,
+    dweight_ptr,
+    num_slots,
+    top_k,
+    hidden,
+    inter,
+    num_real,
+    stride_xt,
+    stride_dt,
+    stride_gue,
+    stride_gun,
+    stride_de,
+    stride_dh,
+    stride_dgu,
+    stride_wact,
+    stride_dw,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    IEEE: tl.constexpr,
+):
+    """Per block of one expert and an I tile: recompute g, u; d_act = dO W_d; the routing
+    weight's gradient (one partial per I tile); dg, du; and w * act for dW_d."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    expert = tl.load(block_expert_ptr + pid_m)
+    if expert >= num_real:
+        return
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    slots = tl.load(sorted_ptr + rows)
+    valid = slots < num_slots
+    safe_slots = tl.where(valid, slots, 0)
+    tokens = safe_slots // top_k
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < inter
+    acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_da = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    gu_base = wgu_ptr + expert.to(tl.int64) * stride_gue
+    d_base = wd_ptr + expert.to(tl.int64) * stride_de
+    for k0 in range(0, hidden, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_ok = ks < hidden
+        row_mask = valid[:, None] & k_ok[None, :]
+        w_mask = k_ok[:, None] & col_ok[None, :]
+        x = tl.load(
+            x_ptr + tokens[:, None].to(tl.int64) * stride_xt + ks[None, :], mask=row_mask, other=0.0
+        ).to(tl.float32)
+        do = tl.load(
+            dout_ptr + tokens[:, None].to(tl.int64) * stride_dt + ks[None, :],
+            mask=row_mask,
+            other=0.0,
+        ).to(tl.float32)
+        wg = tl.load(gu_base + cols[None, :] * stride_gun + ks[:, None], mask=w_mask, other=0.0).to(
+            tl.float32
+        )
+        wu = tl.load(
+            gu_base + (cols[None, :] + inter) * stride_gun + ks[:, None], mask=w_mask, other=0.0
+        ).to(tl.float32)
+        wd = tl.load(d_base + ks[:, None] * stride_dh + cols[None, :], mask=w_mask, other=0.0).to(
+            tl.float32
+        )
+        if IEEE:
+            acc_g += tl.dot(x, wg, input_precision="ieee")
+            acc_u += tl.dot(x, wu, input_precision="ieee")
+            acc_da += tl.dot(do, wd, input_precision="ieee")
+        else:
+            acc_g += tl.dot(x, wg)
+            acc_u += tl.dot(x, wu)
+            acc_da += tl.dot(do, wd)
+    sig = tl.sigmoid(acc_g)
+    silu = acc_g * sig
+    act = silu * acc_u
+    gate_weight = tl.load(weights_ptr + safe_slots, mask=valid, other=0.0).to(tl.float32)
+    # d(weight) = dO . y = sum_i (dO W_d)_i act_i: this tile's share.
+    tl.store(dweight_ptr + safe_slots * stride_dw + pid_n, tl.sum(acc_da * act, axis=1), mask=valid)
+    da = acc_da * gate_weight[:, None]
+    dg = da * acc_u * sig * (1.0 + acc_g * (1.0 - sig))
+    du = da * silu
+    out_mask = valid[:, None] & col_ok[None, :]
+    row_off = rows[:, None].to(tl.int64)
+    tl.store(dgu_ptr + row_off * stride_dgu + cols[None, :], dg, mask=out_mask)
+    tl.store(dgu_ptr + row_off * stride_dgu + inter + cols[None, :], du, mask=out_mask)
+    tl.store(
+        wact_ptr + row_off * stride_wact + cols[None, :], act * gate_weight[:, None], mask=out_mask
+    )
+
+
+@triton.jit
+def _bwd_expert_weight_kernel(
+    left_ptr,
+    right_ptr,
+    sorted_ptr,
+    starts_ptr,
+    counts_ptr,
+    out_ptr,
+    num_slots,
+    top_k,
+    left_cols,
+    right_cols,
+    stride_left,
+    stride_right,
+    stride_oe,
+    stride_or,
+    LEFT_BY_TOKEN: tl.constexpr,
+    RIGHT_BY_TOKEN: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    IEEE: tl.constexpr,
+):
+    """An expert's weight gradient, sum over its real rows of left[row]^T right[row]
+    (a row is a slot's position; *_BY_TOKEN reads the slot's token row instead):
+    dW_d = dO^T (w act), dW_gu = [dg; du]^T x."""
+    expert = tl.program_id(0)
+    start = tl.load(starts_ptr + expert)
+    count = tl.load(counts_ptr + expert)
+    ns = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    ks = tl.program_id(2) * BLOCK_K + tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    for r0 in range(0, count, BLOCK_M):
+        offs = r0 + tl.arange(0, BLOCK_M)
+        ok = offs < count
+        rows = start + offs
+        slots = tl.load(sorted_ptr + rows, mask=ok, other=0)
+        tokens = slots // top_k
+        left_rows = tokens if LEFT_BY_TOKEN else rows
+        right_rows = tokens if RIGHT_BY_TOKEN else rows
+        left = tl.load(
+            left_ptr + left_rows[:, None].to(tl.int64) * stride_left + ns[None, :],
+            mask=ok[:, None] & (ns[None, :] < left_cols),
+            other=0.0,
+        ).to(tl.float32)
+        right = tl.load(
+            right_ptr + right_rows[:, None].to(tl.int64) * stride_right + ks[None, :],
+            mask=ok[:, None] & (ks[None, :] < right_cols),
+            other=0.0,
+        ).to(tl.float32)
+        if IEEE:
+            acc += tl.dot(tl.trans(left), right, input_precision="ieee")
+        else:
+            acc += tl.dot(tl.trans(left), right)
+    tl.store(
+        out_ptr + expert.to(tl.int64) * stride_oe + ns[:, None] * stride_or + ks[None, :],
+        acc,
+        mask=(ns[:, None] < left_cols) & (ks[None, :] < right_cols),
+    )
+
+
+@triton.jit
+def _bwd_input_kernel(
+    dgu_ptr,
+    wgu_ptr,
+    sorted_ptr,
+    block_expert_ptr,
+    dx_ptr,
+    num_slots,
+    hidden,
+    two_inter,
+    num_real,
+    stride_dgu,
+    stride_gue,
+    stride_gun,
+    stride_dx,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    IEEE: tl.constexpr,
+):
+    """Per-slot input gradient [dg, du] W_gu[e] (summed over a token's slots afterwards)."""
+    pid_m = tl.program_id(0)
+    expert = tl.load(block_expert_ptr + pid_m)
+    if expert >= num_real:
+        return
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    slots = tl.load(sorted_ptr + rows)
+    valid = slots < num_slots
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < hidden
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    gu_base = wgu_ptr + expert.to(tl.int64) * stride_gue
+    for k0 in range(0, two_inter, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_ok = ks < two_inter
+        d = tl.load(
+            dgu_ptr + rows[:, None].to(tl.int64) * stride_dgu + ks[None, :],
+            mask=valid[:, None] & k_ok[None, :],
+            other=0.0,
+        )
+        w = tl.load(
+            gu_base + ks[:, None] * stride_gun + cols[None, :],
+            mask=k_ok[:, None] & col_ok[None, :],
+            other=0.0,
+        ).to(tl.float32)
+        if IEEE:
+            acc += tl.dot(d, w, input_precision="ieee")
+        else:
+            acc += tl.dot(d, w)
+    tl.store(
+        dx_ptr + tl.where(valid, slots, 0)[:, None].to(tl.int64) * stride_dx + cols[None, :],
+        acc,
+        mask=valid[:, None] & col_ok[None, :],
+    )
+
+
+def fused_experts_backward(
+    grad_out: torch.Tensor,
+    hidden: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_weights: torch.Tensor,
+    gate_up_proj: torch.Tensor,
+    down_proj: torch.Tensor,
+    *,
+    num_real_experts: int,
+    blocks: tuple[int, int, int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients ``(d hidden, d topk_weights, d gate_up_proj, d down_proj)`` of
+    ``fused_experts_forward``, on the same real-slot grouping (zero picks get none)."""
+    tokens, top_k = topk_ids.shape
+    num_real, two_inter, size = gate_up_proj.shape
+    inter = two_inter // 2
+    dev = hidden.device
+    block_m, block_n, block_k = blocks or _blocks(tokens * top_k)
+    hidden, grad_out = hidden.contiguous(), grad_out.contiguous()
+    gate_up_proj, down_proj = gate_up_proj.contiguous(), down_proj.contiguous()
+    weights = topk_weights.reshape(-1).contiguous()
+    sorted_slots, block_expert, counts, starts = align_real_slots(topk_ids, num_real, block_m)
+    num_slots = tokens * top_k
+    rows = sorted_slots.numel()
+    ieee = hidden.dtype == torch.float32
+    n_tiles = triton.cdiv(inter, block_n)
+    dgu = torch.zeros(rows, two_inter, dtype=torch.float32, device=dev)
+    wact = torch.zeros(rows, inter, dtype=torch.float32, device=dev)
+    dweight_parts = torch.zeros(num_slots, n_tiles, dtype=torch.float32, device=dev)
+    _bwd_rows_kernel[(block_expert.numel(), n_tiles)](
+        hidden, grad_out, gate_up_proj, down_proj, sorted_slots, block_expert, weights,
+        dgu, wact, dweight_parts, num_slots, top_k, size, inter, num_real,
+        hidden.stride(0), grad_out.stride(0), gate_up_proj.stride(0), gate_up_proj.stride(1),
+        down_proj.stride(0), down_proj.stride(1), dgu.stride(0), wact.stride(0),
+        dweight_parts.stride(0),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, IEEE=ieee,
+    )  # fmt: skip
+    d_down = torch.zeros(num_real, size, inter, dtype=torch.float32, device=dev)
+    _bwd_expert_weight_kernel[(num_real, triton.cdiv(size, block_n), triton.cdiv(inter, block_n))](
+        grad_out, wact, sorted_slots, starts, counts, d_down, num_slots, top_k, size, inter,
+        grad_out.stride(0), wact.stride(0), d_down.stride(0), d_down.stride(1),
+        LEFT_BY_TOKEN=True, RIGHT_BY_TOKEN=False,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_n, IEEE=ieee,
+    )  # fmt: skip
+    d_gate_up = torch.zeros(num_real, two_inter, size, dtype=torch.float32, device=dev)
+    _bwd_expert_weight_kernel[
+        (num_real, triton.cdiv(two_inter, block_n), triton.cdiv(size, block_n))
+    ](
+        dgu, hidden, sorted_slots, starts, counts, d_gate_up, num_slots, top_k, two_inter, size,
+        dgu.stride(0), hidden.stride(0), d_gate_up.stride(0), d_gate_up.stride(1),
+        LEFT_BY_TOKEN=False, RIGHT_BY_TOKEN=True,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_n, IEEE=ieee,
+    )  # fmt: skip
+    dx_slots = torch.zeros(num_slots, size, dtype=torch.float32, device=dev)
+    _bwd_input_kernel[(block_expert.numel(), triton.cdiv(size, block_n))](
+        dgu, gate_up_proj, sorted_slots, block_expert, dx_slots, num_slots, size, two_inter,
+        num_real, dgu.stride(0), gate_up_proj.stride(0), gate_up_proj.stride(1),
+        dx_slots.stride(0),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, IEEE=ieee,
+    )  # fmt: skip
+    d_hidden = dx_slots.view(tokens, top_k, size).sum(1).to(hidden.dtype)
+    d_weights = dweight_parts.sum(1).view(tokens, top_k).to(topk_weights.dtype)
+    return (
+        d_hidden,
+        d_weights,
+        d_gate_up.to(gate_up_proj.dtype),
+        d_down.to(down_proj.dtype),
+    )
+
+
 def _blocks(tokens_x_k: int) -> tuple[int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_K): small M for decode-sized batches (fewer padding rows per
     touched expert), larger for prefill."""
@@ -244,7 +528,7 @@ def fused_experts_forward(
     hidden = hidden.contiguous()
     gate_up_proj, down_proj = gate_up_proj.contiguous(), down_proj.contiguous()
     weights = topk_weights.reshape(-1).contiguous()
-    sorted_slots, block_expert, _ = align_real_slots(topk_ids, num_real, block_m)
+    sorted_slots, block_expert, _, _ = align_real_slots(topk_ids, num_real, block_m)
     num_slots = tokens * top_k
     act = torch.empty(sorted_slots.numel(), inter, dtype=hidden.dtype, device=hidden.device)
     ieee = hidden.dtype == torch.float32
@@ -301,8 +585,8 @@ def fused_experts_forward(
 
 
 class _FusedExperts(torch.autograd.Function):
-    """Triton forward; backward through the torch grouped path on the same real slots
-    (recomputed: no activation is kept between the two)."""
+    """Triton forward and backward on the same real-slot grouping (the backward recomputes
+    the gate/up activations instead of keeping them)."""
 
     @staticmethod
     def forward(ctx, hidden, topk_ids, slot_weights, gate_up_proj, down_proj, num_real):
@@ -315,20 +599,17 @@ class _FusedExperts(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        from zeda_kernels.moe_dispatch import group_real_slots
-
         hidden, topk_ids, slot_weights, gate_up_proj, down_proj = ctx.saved_tensors
-        with torch.enable_grad():
-            inputs = [
-                t.detach().requires_grad_(t.requires_grad)
-                for t in (hidden, slot_weights, gate_up_proj, down_proj)
-            ]
-            groups = group_real_slots(topk_ids, ctx.num_real)
-            out = _torch_grouped(inputs[0], groups, inputs[1], inputs[2], inputs[3], F.silu)
-            wanted = [t for t in inputs if t.requires_grad]
-            grads = iter(torch.autograd.grad(out, wanted, grad_out, allow_unused=True))
-        h, w, gu, d = (next(grads) if t.requires_grad else None for t in inputs)
-        return h, None, w, gu, d, None
+        d_hidden, d_weights, d_gate_up, d_down = fused_experts_backward(
+            grad_out,
+            hidden,
+            topk_ids,
+            slot_weights.view(topk_ids.shape),
+            gate_up_proj,
+            down_proj,
+            num_real_experts=ctx.num_real,
+        )
+        return d_hidden, None, d_weights.reshape(-1), d_gate_up, d_down, None
 
 
 def fused_experts(

@@ -56,7 +56,9 @@ CASES = {
 def test_align_groups_only_real_slots(name):
     x, ids, *_ = _case(**CASES[name])
     num_real, block_m = CASES[name]["num_real"], 16
-    sorted_slots, block_expert, counts = triton_moe.align_real_slots(ids, num_real, block_m)
+    sorted_slots, block_expert, counts, starts = triton_moe.align_real_slots(
+        ids, num_real, block_m
+    )
     num_slots = ids.numel()
     flat = ids.reshape(-1)
     assert counts.tolist() == torch.bincount(flat[flat < num_real], minlength=num_real).tolist()
@@ -72,6 +74,8 @@ def test_align_groups_only_real_slots(name):
             continue
         assert torch.all(flat[real.long()] == expert)
     assert block_expert.numel() * block_m == sorted_slots.numel()
+    for expert in range(num_real):  # each expert's run starts on a block boundary
+        assert int(starts[expert]) % block_m == 0
     # Capacity is fixed by the shapes alone (CUDA-graph friendly).
     assert sorted_slots.numel() >= num_slots + num_real * (block_m - 1)
 
