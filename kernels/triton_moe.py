@@ -491,6 +491,25 @@ def fused_experts_backward(
     )
 
 
+def _tile_configs() -> list:
+    return [
+        triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=warps, num_stages=stages)
+        for n in (64, 128)
+        for k in (32, 64, 128)
+        for warps in (4, 8)
+        for stages in (2, 3)
+    ]
+
+
+# The forward GEMMs with their tiles tuned per shape (compiled kernels only: the tuner times
+# on the GPU). Both write, never accumulate, so tuning runs leave the right result.
+if _INTERPRETED:
+    _gate_up_tuned = _down_tuned = None
+else:
+    _gate_up_tuned = triton.autotune(_tile_configs(), key=["hidden", "inter"])(_gate_up_kernel)
+    _down_tuned = triton.autotune(_tile_configs(), key=["hidden", "inter"])(_down_kernel)
+
+
 def _blocks(tokens_x_k: int) -> tuple[int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_K): small M for decode-sized batches (fewer padding rows per
     touched expert), larger for prefill."""
@@ -535,8 +554,17 @@ def fused_experts_forward(
     # Triton's CPU interpreter multiplies bf16 tiles as raw bits (measured error 2e10):
     # there, 16-bit operands are widened to fp32 first. Compiled kernels keep them.
     upcast = _INTERPRETED and hidden.dtype != torch.float32
-    grid = (block_expert.numel(), triton.cdiv(inter, block_n))
-    _gate_up_kernel[grid](
+    # Tiles: autotuned per (hidden, inter) on a GPU, fixed under the interpreter or when given.
+    tuned = blocks is None and not _INTERPRETED
+    tiles = {} if tuned else {"BLOCK_N": block_n, "BLOCK_K": block_k}
+    gate_up = _gate_up_tuned if tuned else _gate_up_kernel
+    down = _down_tuned if tuned else _down_kernel
+    n_blocks = block_expert.numel()
+
+    def grid_over(columns):
+        return lambda meta: (n_blocks, triton.cdiv(columns, meta["BLOCK_N"]))
+
+    gate_up[grid_over(inter)](
         hidden,
         gate_up_proj,
         sorted_slots,
@@ -552,15 +580,13 @@ def fused_experts_forward(
         gate_up_proj.stride(1),
         act.stride(0),
         BLOCK_M=block_m,
-        BLOCK_N=block_n,
-        BLOCK_K=block_k,
         IEEE=ieee,
         UPCAST=upcast,
+        **tiles,
     )
     # Zero picks are never written: their rows stay 0 and add nothing to the sum.
     per_slot = torch.zeros(num_slots, size, dtype=torch.float32, device=hidden.device)
-    grid = (block_expert.numel(), triton.cdiv(size, block_n))
-    _down_kernel[grid](
+    down[grid_over(size)](
         act,
         down_proj,
         sorted_slots,
@@ -576,10 +602,9 @@ def fused_experts_forward(
         down_proj.stride(1),
         per_slot.stride(0),
         BLOCK_M=block_m,
-        BLOCK_N=block_n,
-        BLOCK_K=block_k,
         IEEE=ieee,
         UPCAST=upcast,
+        **tiles,
     )
     return per_slot.view(tokens, top_k, size).sum(1).to(hidden.dtype)
 
