@@ -450,7 +450,8 @@ def fused_experts_backward(
     dgu = torch.zeros(rows, two_inter, dtype=torch.float32, device=dev)
     wact = torch.zeros(rows, inter, dtype=torch.float32, device=dev)
     dweight_parts = torch.zeros(num_slots, n_tiles, dtype=torch.float32, device=dev)
-    _bwd_rows_kernel[(block_expert.numel(), n_tiles)](
+    n_blocks = used_blocks_bound(block_expert.numel(), num_slots)
+    _bwd_rows_kernel[(n_blocks, n_tiles)](
         hidden, grad_out, gate_up_proj, down_proj, sorted_slots, block_expert, weights,
         dgu, wact, dweight_parts, num_slots, top_k, size, inter, num_real,
         hidden.stride(0), grad_out.stride(0), gate_up_proj.stride(0), gate_up_proj.stride(1),
@@ -475,7 +476,7 @@ def fused_experts_backward(
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_n, IEEE=ieee,
     )  # fmt: skip
     dx_slots = torch.zeros(num_slots, size, dtype=torch.float32, device=dev)
-    _bwd_input_kernel[(block_expert.numel(), triton.cdiv(size, block_n))](
+    _bwd_input_kernel[(n_blocks, triton.cdiv(size, block_n))](
         dgu, gate_up_proj, sorted_slots, block_expert, dx_slots, num_slots, size, two_inter,
         num_real, dgu.stride(0), gate_up_proj.stride(0), gate_up_proj.stride(1),
         dx_slots.stride(0),
@@ -489,6 +490,14 @@ def fused_experts_backward(
         d_gate_up.to(gate_up_proj.dtype),
         d_down.to(down_proj.dtype),
     )
+
+
+def used_blocks_bound(capacity_blocks: int, num_slots: int) -> int:
+    """Programs to launch along the block axis. Used blocks come first and each holds at
+    least one real slot, so there are at most ``num_slots`` of them: a decode step (T*K
+    small) launches about one program per touched expert, each reading its weights once,
+    instead of one per expert. Depends on shapes only (CUDA-graph safe)."""
+    return max(1, min(capacity_blocks, num_slots))
 
 
 def _tile_configs() -> list:
@@ -559,7 +568,7 @@ def fused_experts_forward(
     tiles = {} if tuned else {"BLOCK_N": block_n, "BLOCK_K": block_k}
     gate_up = _gate_up_tuned if tuned else _gate_up_kernel
     down = _down_tuned if tuned else _down_kernel
-    n_blocks = block_expert.numel()
+    n_blocks = used_blocks_bound(block_expert.numel(), num_slots)
 
     def grid_over(columns):
         return lambda meta: (n_blocks, triton.cdiv(columns, meta["BLOCK_N"]))

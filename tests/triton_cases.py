@@ -46,6 +46,7 @@ CASES = {
     "one_expert": dict(
         tokens=20, hidden=32, inter=16, num_real=4, num_zero=2, top_k=1, zero_share=0.0, skew=True
     ),
+    "decode": dict(tokens=1, hidden=32, inter=16, num_real=16, num_zero=8, top_k=4, zero_share=0.5),
     "odd_sizes": dict(
         tokens=3, hidden=33, inter=17, num_real=5, num_zero=2, top_k=2, zero_share=0.5
     ),
@@ -72,6 +73,10 @@ def test_align_groups_only_real_slots(name):
             continue
         assert torch.all(flat[real.long()] == expert)
     assert block_expert.numel() * block_m == sorted_slots.numel()
+    # Used blocks come first and number at most the slots: the launch bound holds.
+    used = int((block_expert < num_real).sum())
+    assert torch.all(block_expert[:used] < num_real) and torch.all(block_expert[used:] == num_real)
+    assert used <= triton_moe.used_blocks_bound(block_expert.numel(), num_slots) <= num_slots
     for expert in range(num_real):  # each expert's run starts on a block boundary
         assert int(starts[expert]) % block_m == 0
     # Capacity is fixed by the shapes alone (CUDA-graph friendly).
