@@ -113,6 +113,9 @@ class Stage2Config:
     max_new_tokens: int = 256
 
 
+WEIGHT_SYNC_METHODS = ("object_store", "gloo", "nccl", "ipc")
+
+
 @dataclass
 class WeightSyncConfig:
     # object_store (Ray object store, CPU default) | gloo | nccl | ipc (vLLM's weight

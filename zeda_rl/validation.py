@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from zeda_rl.config import MODEL_FAMILIES, RunConfig
+from zeda_rl.config import MODEL_FAMILIES, WEIGHT_SYNC_METHODS, RunConfig
 
 LOCAL_SOURCES = ("teacher", "random")
 TRAINER_BACKENDS = ("torch", "megatron")
@@ -180,8 +180,8 @@ def validate(cfg: RunConfig) -> None:
         if tp > 1 and per < tp:
             _fail(f"{name}.tensor_parallel_size={tp} needs {tp} GPUs per engine, got {per:g}")
     ws = cfg.weight_sync
-    if ws.method not in ("object_store", "gloo", "nccl", "ipc"):
-        _fail(f"weight_sync.method={ws.method!r}: object_store | gloo | nccl | ipc")
+    if ws.method not in WEIGHT_SYNC_METHODS:
+        _fail(f"weight_sync.method={ws.method!r}: {' | '.join(WEIGHT_SYNC_METHODS)}")
     if ws.method in ("nccl", "ipc") and (tr.gpus_per_worker <= 0 or r.gpus_per_worker <= 0):
         _fail(
             f"weight_sync.method={ws.method!r} moves CUDA tensors: trainer.gpus_per_worker and "

@@ -20,7 +20,8 @@ from collections.abc import Iterable
 
 import torch
 
-METHODS = ("object_store", "gloo", "nccl", "ipc")
+from zeda_rl.config import WEIGHT_SYNC_METHODS as METHODS
+
 # weight_sync.method -> the rollout engines' WeightTransferConfig.backend
 ENGINE_BACKENDS = {"gloo": "zeda_gloo", "nccl": "nccl", "ipc": "ipc"}
 
