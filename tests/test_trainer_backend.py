@@ -136,3 +136,34 @@ def test_opd_replays_rollout_routes(zeda_dir):
     with pytest.raises(ValueError, match="routes of shape"):
         backend.train_step(samples, objective="opd", lr=1e-3, global_tokens=tokens)
     backend.close()
+
+
+def test_optimizer_offload_takes_the_same_steps(zeda_dir):
+    """trainer.optimizer_offload keeps Adam's master weights and moments on the CPU and
+    copies the result back: the same weights as stepping in place."""
+    samples = _samples(4)
+    tokens = sum(len(s.response_ids) for s in samples)
+    states = []
+    for offload in (False, True):
+        backend = _backend(zeda_dir)
+        backend.optim.offload = offload
+        backend.optimizer = backend._make_optimizer(
+            [p for p in backend.model.parameters() if p.requires_grad]
+        )
+        for objective in ("sft", "opd", "sft"):
+            backend.train_step(samples, objective=objective, lr=1e-2, global_tokens=tokens)
+        states.append({k: v.clone() for k, v in backend.model.state_dict().items()})
+        if offload:
+            assert all(m.device.type == "cpu" for m in backend._masters)
+            assert all(m is not p for m, p in zip(backend._masters, backend._trained, strict=True))
+        backend.close()
+    moved = max((states[0][k] - _backend_initial(zeda_dir)[k]).abs().max() for k in states[0])
+    assert moved > 1e-3  # the steps did something
+    for name, tensor in states[0].items():
+        assert torch.equal(states[1][name], tensor), name
+
+
+def _backend_initial(zeda_dir):
+    from zeda_rl.models.registry import load_zeda_model
+
+    return load_zeda_model(str(zeda_dir), dtype=torch.float32).state_dict()

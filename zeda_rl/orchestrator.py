@@ -251,6 +251,7 @@ def _optim(cfg: RunConfig, stage: int):
         weight_decay=s.weight_decay,
         grad_clip=cfg.trainer.grad_clip,
         micro_batch_size=cfg.trainer.micro_batch_size,
+        offload=cfg.trainer.optimizer_offload,
     )
 
 

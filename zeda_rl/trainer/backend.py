@@ -32,6 +32,9 @@ class OptimConfig:
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     micro_batch_size: int = 4
+    # Adam's fp32 master weights and moments in CPU memory, stepped there and copied back
+    # (ZeRO-Offload's idea, as the ZEDA authors ran; trainer.optimizer_offload).
+    offload: bool = False
 
 
 class TrainerBackend(Protocol):
@@ -81,6 +84,18 @@ class StepBackend:
         self.step = 0
 
     def _make_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        """AdamW over ``params``, or with ``optim.offload`` over fp32 CPU copies of them
+        (``_optimizer_step`` moves gradients there and the result back)."""
+        self._trained = params
+        if self.optim.offload:
+            pin = torch.cuda.is_available()
+            self._masters = [
+                p.detach().to("cpu", torch.float32, copy=True).pin_memory()
+                if pin
+                else p.detach().to("cpu", torch.float32, copy=True)
+                for p in params
+            ]
+            params = self._masters
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
         return torch.optim.AdamW(
@@ -150,7 +165,8 @@ class StepBackend:
             raise ValueError(f"objective {objective!r}: choose one of {OBJECTIVES}")
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.optimizer.zero_grad(set_to_none=True)
+        for param in self._trained:  # with offload the optimizer holds other tensors
+            param.grad = None
         batches = self._batches(samples, replay=objective == "opd" and self.routing_replay)
         # GAL is a per-micro-batch loss: average it over every real micro-batch of the step.
         real = sum(1 for _, rows in batches if rows)
@@ -192,7 +208,7 @@ class StepBackend:
             for key, value in stats.items():
                 sums[key] = sums.get(key, 0.0) + value
         grad_norm = self._reduce_gradients()
-        self.optimizer.step()
+        self._optimizer_step()
         self.step += 1
         return self._step_metrics(
             sums,
@@ -203,6 +219,20 @@ class StepBackend:
             grad_norm,
             objective,
         )
+
+    def _optimizer_step(self) -> None:
+        if not self.optim.offload:
+            self.optimizer.step()
+            return
+        for master, param in zip(self._masters, self._trained, strict=True):
+            master.grad = param.grad.detach().to("cpu", torch.float32)
+        self.optimizer.step()
+        with torch.no_grad():
+            for master, param in zip(self._masters, self._trained, strict=True):
+                param.copy_(master, non_blocking=True)
+                master.grad = None
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
 
     def _step_metrics(
         self, sums, zero_per_layer, routed_tokens, total_micro, global_tokens, grad_norm, objective
