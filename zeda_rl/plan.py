@@ -1,13 +1,14 @@
 """``dry_run=true``: the run's plan (pools, GPUs, parallelism, per-GPU memory) from shapes
 alone, without loading weights.
 
-Memory model (bf16 weights; mixed-precision Adam: fp32 master + two moments, bf16 grads):
+Memory model (the trainer backends train in fp32, as they do on CPU):
 - Trainer, per GPU: dense parameters (attention, embeddings, norms, routers, dense / shared
-  FFN) / (TP x PP) and routed-expert parameters / (EP x PP); weights 2 B + grads 2 B, plus
-  optimizer 12 B per parameter on the GPU unless ``trainer.optimizer_offload`` (the ZEDA
-  authors offload it to the CPU). Activations with full recompute: each layer keeps its
-  input (seq x micro-batch x hidden x 2 B / TP with sequence parallelism) plus one layer
-  recomputed in full (~34 x seq x mb x hidden B / TP, Korthikanti et al.).
+  FFN) / (TP x PP) and routed-expert parameters / (EP x PP); weights 4 B + grads 4 B, plus
+  Adam's two moments 8 B per parameter on the GPU unless ``trainer.optimizer_offload``
+  (the ZEDA authors offload it; here the moments and an fp32 copy step on the CPU).
+  Activations with full recompute: each layer keeps its input (seq x micro-batch x hidden x
+  4 B / TP) plus one layer recomputed in full (~68 x seq x mb x hidden B / TP: Korthikanti
+  et al.'s 34 for 16-bit activations, doubled).
 - vLLM engines, per GPU: weights / TP + KV cache for every sequence of a rollout step at
   full length (Qwen3 GQA: 2 x layers x kv_heads x head_dim x 2 B per token, sharded by TP;
   GLM MLA: layers x (kv_lora + rope) x 2 B per token, replicated) + 10 % runtime overhead.
@@ -113,16 +114,16 @@ def plan(cfg: RunConfig, arch: Architecture, zero_experts: int) -> dict:
             f"pipeline_parallel = {tp * pp}"
         )
     params_gpu = p["dense"] / (tp * pp) + p["routed"] / (ep * pp)
-    bytes_per_param = 4 + (0 if tr.optimizer_offload else 12)
+    bytes_per_param = 8 + (0 if tr.optimizer_offload else 8)
     seq = s2.max_new_tokens + cfg.rollout.max_prompt_tokens
     mb = tr.micro_batch_size
     layers_per_stage = arch.layers / pp
     activations = (
-        layers_per_stage * seq * mb * arch.hidden * 2 / tp + 34 * seq * mb * arch.hidden / tp
+        layers_per_stage * seq * mb * arch.hidden * 4 / tp + 68 * seq * mb * arch.hidden / tp
     )
     trainer = {
-        "weights_grads": params_gpu * 4 / GIB,
-        "optimizer": params_gpu * 12 / GIB if not tr.optimizer_offload else 0.0,
+        "weights_grads": params_gpu * 8 / GIB,
+        "optimizer": params_gpu * 8 / GIB if not tr.optimizer_offload else 0.0,
         "activations": activations / GIB,
     }
     trainer["total"] = params_gpu * bytes_per_param / GIB + trainer["activations"]
