@@ -7,7 +7,7 @@ Dataflow::
                                                                multiple of BLOCK_M; zero picks
                                                                are left out, not padded
     gate_up_kernel:  act[p]  = SiLU(x[t] W_g[e]^T) * (x[t] W_u[e]^T)   per block of one expert
-    down_kernel:     y[slot] = w[slot] * act[p] W_d[e]^T              (per-slot rows)
+    rows_times_expert (down): y[slot] = w[slot] * act[p] W_d[e]^T    (per-slot rows)
     out[t] = sum over the token's real slots y[t*K+k]        fixed order: deterministic;
                                                              all-zero tokens stay exactly 0
 
@@ -146,27 +146,33 @@ def _gate_up_kernel(
 
 
 @triton.jit
-def _down_kernel(
-    act_ptr,
+def _rows_times_expert_kernel(
+    a_ptr,
     w_ptr,
     sorted_ptr,
     block_expert_ptr,
     weights_ptr,
     out_ptr,
     num_slots,
-    hidden,
-    inter,
+    n_cols,
+    k_dim,
     num_real,
     stride_ap,
     stride_we,
-    stride_wh,
+    stride_wk,
+    stride_wn,
     stride_os,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     IEEE: tl.constexpr,
     UPCAST: tl.constexpr,
+    SCALE: tl.constexpr,
 ):
+    """Per block of one expert: rows ``a[p]`` (by sorted position) times the expert's
+    matrix ``W[e][k, n]`` (any strides), optionally scaled by the slot's routing weight,
+    written to one row per slot. The forward's down projection (``act W_d^T``, scaled) and
+    the backward's input gradient (``[dg, du] W_gu``) are this kernel."""
     pid_m = tl.program_id(0)
     expert = tl.load(block_expert_ptr + pid_m)
     if expert >= num_real:
@@ -174,33 +180,36 @@ def _down_kernel(
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     slots = tl.load(sorted_ptr + rows)
     valid = slots < num_slots
+    safe_slots = tl.where(valid, slots, 0)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_ok = cols < hidden
+    col_ok = cols < n_cols
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     w_base = w_ptr + expert.to(tl.int64) * stride_we
-    for k0 in range(0, inter, BLOCK_K):
+    for k0 in range(0, k_dim, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
-        k_ok = ks < inter
+        k_ok = ks < k_dim
         a = tl.load(
-            act_ptr + rows[:, None].to(tl.int64) * stride_ap + ks[None, :],
+            a_ptr + rows[:, None].to(tl.int64) * stride_ap + ks[None, :],
             mask=valid[:, None] & k_ok[None, :],
             other=0.0,
         )
         w = tl.load(
-            w_base + cols[None, :] * stride_wh + ks[:, None],
+            w_base + ks[:, None] * stride_wk + cols[None, :] * stride_wn,
             mask=k_ok[:, None] & col_ok[None, :],
             other=0.0,
         )
         if UPCAST:
-            a, w = a.to(tl.float32), w.to(tl.float32)
+            a = a.to(tl.float32)
+        w = w.to(a.dtype)  # fp32 rows (gradients) meet 16-bit weights in fp32
         if IEEE:
             acc += tl.dot(a, w, input_precision="ieee")
         else:
             acc += tl.dot(a, w)
-    gate_weight = tl.load(weights_ptr + tl.where(valid, slots, 0), mask=valid, other=0.0)
-    acc = acc * gate_weight.to(tl.float32)[:, None]
+    if SCALE:
+        gate_weight = tl.load(weights_ptr + safe_slots, mask=valid, other=0.0)
+        acc = acc * gate_weight.to(tl.float32)[:, None]
     tl.store(
-        out_ptr + tl.where(valid, slots, 0)[:, None].to(tl.int64) * stride_os + cols[None, :],
+        out_ptr + safe_slots[:, None].to(tl.int64) * stride_os + cols[None, :],
         acc,
         mask=valid[:, None] & col_ok[None, :],
     )
@@ -365,62 +374,6 @@ def _bwd_expert_weight_kernel(
     )
 
 
-@triton.jit
-def _bwd_input_kernel(
-    dgu_ptr,
-    wgu_ptr,
-    sorted_ptr,
-    block_expert_ptr,
-    dx_ptr,
-    num_slots,
-    hidden,
-    two_inter,
-    num_real,
-    stride_dgu,
-    stride_gue,
-    stride_gun,
-    stride_dx,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    IEEE: tl.constexpr,
-):
-    """Per-slot input gradient [dg, du] W_gu[e] (summed over a token's slots afterwards)."""
-    pid_m = tl.program_id(0)
-    expert = tl.load(block_expert_ptr + pid_m)
-    if expert >= num_real:
-        return
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    slots = tl.load(sorted_ptr + rows)
-    valid = slots < num_slots
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_ok = cols < hidden
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    gu_base = wgu_ptr + expert.to(tl.int64) * stride_gue
-    for k0 in range(0, two_inter, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        k_ok = ks < two_inter
-        d = tl.load(
-            dgu_ptr + rows[:, None].to(tl.int64) * stride_dgu + ks[None, :],
-            mask=valid[:, None] & k_ok[None, :],
-            other=0.0,
-        )
-        w = tl.load(
-            gu_base + ks[:, None] * stride_gun + cols[None, :],
-            mask=k_ok[:, None] & col_ok[None, :],
-            other=0.0,
-        ).to(tl.float32)
-        if IEEE:
-            acc += tl.dot(d, w, input_precision="ieee")
-        else:
-            acc += tl.dot(d, w)
-    tl.store(
-        dx_ptr + tl.where(valid, slots, 0)[:, None].to(tl.int64) * stride_dx + cols[None, :],
-        acc,
-        mask=valid[:, None] & col_ok[None, :],
-    )
-
-
 def fused_experts_backward(
     grad_out: torch.Tensor,
     hidden: torch.Tensor,
@@ -476,11 +429,11 @@ def fused_experts_backward(
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_n, IEEE=ieee,
     )  # fmt: skip
     dx_slots = torch.zeros(num_slots, size, dtype=torch.float32, device=dev)
-    _bwd_input_kernel[(n_blocks, triton.cdiv(size, block_n))](
-        dgu, gate_up_proj, sorted_slots, block_expert, dx_slots, num_slots, size, two_inter,
-        num_real, dgu.stride(0), gate_up_proj.stride(0), gate_up_proj.stride(1),
+    _rows_times_expert_kernel[(n_blocks, triton.cdiv(size, block_n))](
+        dgu, gate_up_proj, sorted_slots, block_expert, weights, dx_slots, num_slots, size,
+        two_inter, num_real, dgu.stride(0), gate_up_proj.stride(0), gate_up_proj.stride(1), 1,
         dx_slots.stride(0),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, IEEE=ieee,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, IEEE=ieee, UPCAST=False, SCALE=False,
     )  # fmt: skip
     d_hidden = dx_slots.view(tokens, top_k, size).sum(1).to(hidden.dtype)
     d_weights = dweight_parts.sum(1).view(tokens, top_k).to(topk_weights.dtype)
@@ -516,7 +469,9 @@ if _INTERPRETED:
     _gate_up_tuned = _down_tuned = None
 else:
     _gate_up_tuned = triton.autotune(_tile_configs(), key=["hidden", "inter"])(_gate_up_kernel)
-    _down_tuned = triton.autotune(_tile_configs(), key=["hidden", "inter"])(_down_kernel)
+    _down_tuned = triton.autotune(_tile_configs(), key=["n_cols", "k_dim"])(
+        _rows_times_expert_kernel
+    )
 
 
 def _blocks(tokens_x_k: int) -> tuple[int, int, int]:
@@ -567,7 +522,7 @@ def fused_experts_forward(
     tuned = blocks is None and not _INTERPRETED
     tiles = {} if tuned else {"BLOCK_N": block_n, "BLOCK_K": block_k}
     gate_up = _gate_up_tuned if tuned else _gate_up_kernel
-    down = _down_tuned if tuned else _down_kernel
+    down = _down_tuned if tuned else _rows_times_expert_kernel
     n_blocks = used_blocks_bound(block_expert.numel(), num_slots)
 
     def grid_over(columns):
@@ -608,11 +563,13 @@ def fused_experts_forward(
         num_real,
         act.stride(0),
         down_proj.stride(0),
+        1,  # W_d[e] is [H, I]: k (= i) is contiguous, n (= h) strides by a row
         down_proj.stride(1),
         per_slot.stride(0),
         BLOCK_M=block_m,
         IEEE=ieee,
         UPCAST=upcast,
+        SCALE=True,
         **tiles,
     )
     return per_slot.view(tokens, top_k, size).sum(1).to(hidden.dtype)
