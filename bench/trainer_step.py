@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from zeda_rl.losses.group_aux_loss import GroupAuxLossConfig
-from zeda_rl.trainer.backend import OptimConfig, local_init_method
+from zeda_rl.trainer.backend import OptimConfig, local_init_method, make_backend
 from zeda_rl.trainer.batch import Sample
 
 
@@ -40,7 +40,9 @@ def samples(num: int, vocab: int) -> list[Sample]:
 
 def rank_main(kind, model_dir, rank, world, init, args, out_path):
     torch.set_num_threads(max(1, 2 // world))
-    common = dict(
+    backend = make_backend(
+        kind,
+        model_dir,
         rank=rank,
         world_size=world,
         init_method=init,
@@ -48,15 +50,8 @@ def rank_main(kind, model_dir, rank, world, init, args, out_path):
         gal=GroupAuxLossConfig(),
         temperature=1.0,
         routing_replay=False,
+        expert_parallel=world if kind == "megatron" else 1,
     )
-    if kind == "torch":
-        from zeda_rl.trainer.backend import TorchBackend
-
-        backend = TorchBackend(model_dir, **common)
-    else:
-        from zeda_rl.trainer.megatron.backend import MegatronBackend
-
-        backend = MegatronBackend(model_dir, expert_parallel=world, **common)
     vocab = json.loads((Path(model_dir) / "config.json").read_text())["vocab_size"]
     data = samples(args.samples, vocab)
     tokens = sum(len(s.response_ids) for s in data)

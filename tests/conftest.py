@@ -31,6 +31,43 @@ def padded_batch(vocab: int = 256, seed: int = 0) -> tuple[torch.Tensor, torch.T
     return input_ids, attention_mask
 
 
+def tiny_samples(num: int, seed: int = 0):
+    """Prompt/response samples with rollout and teacher logprobs (trainer tests)."""
+    from zeda_rl.trainer.batch import Sample
+
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(num):
+        prompt = torch.randint(5, 250, (3 + i % 4,), generator=g).tolist()
+        response = torch.randint(5, 250, (2 + i % 3,), generator=g).tolist()
+        out.append(
+            Sample(
+                prompt,
+                response,
+                rollout_logprobs=(-torch.rand(len(response), generator=g) * 3 - 2).tolist(),
+                teacher_logprobs=(-torch.rand(len(response), generator=g) * 3 - 2).tolist(),
+            )
+        )
+    return out
+
+
+def spawn_ranks(target, world: int, *args, timeout: float = 600) -> None:
+    """Run ``target(rank, world, init_method, *args)`` in ``world`` fresh processes (one
+    torch.distributed rank each) and require every one to exit cleanly."""
+    import multiprocessing as mp
+
+    from zeda_rl.trainer.backend import local_init_method
+
+    ctx = mp.get_context("spawn")
+    init = local_init_method()
+    procs = [ctx.Process(target=target, args=(r, world, init, *args)) for r in range(world)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=timeout)
+        assert p.exitcode == 0, f"rank exited with {p.exitcode}"
+
+
 @pytest.fixture(scope="session")
 def static_checkpoints(tmp_path_factory) -> dict[str, Path]:
     """family -> folder of a saved tiny static teacher (seed 0)."""

@@ -5,17 +5,15 @@ equal to the torch backend's."""
 
 from __future__ import annotations
 
-import multiprocessing as mp
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import FAMILIES, build_static_model
+from tests.conftest import FAMILIES, build_static_model, spawn_ranks, tiny_samples
 from zeda_rl.convert import convert
 from zeda_rl.losses.group_aux_loss import GroupAuxLossConfig, group_aux_loss
-from zeda_rl.trainer.backend import OptimConfig, local_init_method
-from zeda_rl.trainer.batch import Sample
+from zeda_rl.trainer.backend import OptimConfig, local_init_method, make_backend
 
 # Logit agreement on the same weights (fp32): the same math in a slightly different order;
 # ~2.4e-7 seen for both families (GLM's q/kv LoRA norms must use transformers' eps 1e-6:
@@ -192,21 +190,11 @@ def test_megatron_routing_replay(zeda_dirs, megatron_world):
             _forward(mg, state, ids, replay={i: t[:-1] for i, t in replay.items()})
 
 
-def _samples(num: int) -> list[Sample]:
-    g = torch.Generator().manual_seed(0)
-    out = []
-    for i in range(num):
-        prompt = torch.randint(5, 250, (3 + i % 4,), generator=g).tolist()
-        response = torch.randint(5, 250, (2 + i % 3,), generator=g).tolist()
-        lp = (-torch.rand(len(response), generator=g) * 3 - 2).tolist()
-        tp = (-torch.rand(len(response), generator=g) * 3 - 2).tolist()
-        out.append(Sample(prompt, response, lp, tp))
-    return out
-
-
-def _rank_main(kind, zeda_dir, rank, world, init, out_path):
+def _rank_main(rank, world, init, kind, zeda_dir, out_path):
     torch.set_num_threads(1)
-    common = dict(
+    backend = make_backend(
+        kind,
+        str(zeda_dir),
         rank=rank,
         world_size=world,
         init_method=init,
@@ -214,16 +202,9 @@ def _rank_main(kind, zeda_dir, rank, world, init, out_path):
         gal=GroupAuxLossConfig(),
         temperature=1.0,
         routing_replay=False,
+        expert_parallel=world if kind == "megatron" else 1,
     )
-    if kind == "torch":
-        from zeda_rl.trainer.backend import TorchBackend
-
-        backend = TorchBackend(str(zeda_dir), **common)
-    else:
-        from zeda_rl.trainer.megatron.backend import MegatronBackend
-
-        backend = MegatronBackend(str(zeda_dir), expert_parallel=world, **common)
-    samples = _samples(8)
+    samples = tiny_samples(8)
     tokens = sum(len(s.response_ids) for s in samples)
     share = len(samples) // world  # contiguous shares: the same micro-batches as one rank
     mine = samples[rank * share : (rank + 1) * share]
@@ -239,17 +220,7 @@ def _rank_main(kind, zeda_dir, rank, world, init, out_path):
 
 
 def _run(kind, zeda_dir, world, out_path):
-    ctx = mp.get_context("spawn")
-    init = local_init_method()
-    procs = [
-        ctx.Process(target=_rank_main, args=(kind, zeda_dir, r, world, init, out_path))
-        for r in range(world)
-    ]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=600)
-        assert p.exitcode == 0
+    spawn_ranks(_rank_main, world, kind, zeda_dir, out_path)
     return torch.load(out_path, weights_only=False)
 
 

@@ -3,34 +3,15 @@ the whole batch; SFT lowers the response NLL; OPD replays rollout routes."""
 
 from __future__ import annotations
 
-import multiprocessing as mp
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import build_static_model
+from tests.conftest import build_static_model, spawn_ranks, tiny_samples
 from zeda_rl.convert import convert
 from zeda_rl.losses.group_aux_loss import GroupAuxLossConfig
 from zeda_rl.trainer.backend import OptimConfig, TorchBackend, local_init_method
-from zeda_rl.trainer.batch import Sample
-
-
-def _samples(num: int, seed: int = 0) -> list[Sample]:
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(num):
-        prompt = torch.randint(5, 250, (3 + i % 4,), generator=g).tolist()
-        response = torch.randint(5, 250, (2 + i % 3,), generator=g).tolist()
-        out.append(
-            Sample(
-                prompt,
-                response,
-                rollout_logprobs=(-torch.rand(len(response), generator=g) * 3 - 2).tolist(),
-                teacher_logprobs=(-torch.rand(len(response), generator=g) * 3 - 2).tolist(),
-            )
-        )
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +35,9 @@ def _backend(zeda_dir, rank=0, world=1, init=None, replay=False) -> TorchBackend
     )
 
 
-def _rank_main(zeda_dir, rank, world, init, objective, out_path):
+def _rank_main(rank, world, init, zeda_dir, objective, out_path):
     backend = _backend(zeda_dir, rank, world, init)
-    samples = _samples(4)
+    samples = tiny_samples(4)
     tokens = sum(len(s.response_ids) for s in samples)
     share = len(samples) // world  # contiguous shares: the same micro-batches as one rank
     mine = samples[rank * share : (rank + 1) * share]
@@ -68,17 +49,7 @@ def _rank_main(zeda_dir, rank, world, init, objective, out_path):
 
 
 def _run_ranks(zeda_dir, world, objective, out_path):
-    ctx = mp.get_context("spawn")
-    init = local_init_method()
-    procs = [
-        ctx.Process(target=_rank_main, args=(zeda_dir, r, world, init, objective, out_path))
-        for r in range(world)
-    ]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=300)
-        assert p.exitcode == 0
+    spawn_ranks(_rank_main, world, zeda_dir, objective, out_path, timeout=300)
     return torch.load(out_path, weights_only=False)
 
 
@@ -95,7 +66,7 @@ def test_two_gloo_ranks_equal_one_rank(zeda_dir, tmp_path, objective):
 
 def test_sft_lowers_the_response_nll(zeda_dir):
     backend = _backend(zeda_dir)
-    samples = _samples(4)
+    samples = tiny_samples(4)
     tokens = sum(len(s.response_ids) for s in samples)
     before = -sum(sum(lp) for lp in backend.logprobs(samples, 1.0)) / tokens
     for _ in range(5):
@@ -108,7 +79,7 @@ def test_sft_lowers_the_response_nll(zeda_dir):
 
 def test_opd_replays_rollout_routes(zeda_dir):
     backend = _backend(zeda_dir, replay=True)
-    samples = _samples(2)
+    samples = tiny_samples(2)
     tokens = sum(len(s.response_ids) for s in samples)
     with pytest.raises(ValueError, match="routing replay"):
         backend.train_step(samples, objective="opd", lr=1e-3, global_tokens=tokens)
@@ -141,7 +112,7 @@ def test_opd_replays_rollout_routes(zeda_dir):
 def test_optimizer_offload_takes_the_same_steps(zeda_dir):
     """trainer.optimizer_offload keeps Adam's master weights and moments on the CPU and
     copies the result back: the same weights as stepping in place."""
-    samples = _samples(4)
+    samples = tiny_samples(4)
     tokens = sum(len(s.response_ids) for s in samples)
     states = []
     for offload in (False, True):

@@ -5,10 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from zeda_rl.losses.group_aux_loss import GroupAuxLossConfig
-from zeda_rl.trainer.backend import OptimConfig
+from zeda_rl.trainer.backend import OptimConfig, make_backend
 from zeda_rl.trainer.batch import Sample
-
-BACKENDS = ("torch", "megatron")
 
 
 class TrainerWorker:
@@ -29,8 +27,6 @@ class TrainerWorker:
         threads: int = 1,
         parallel: dict[str, int] | None = None,
     ):
-        if backend not in BACKENDS:
-            raise ValueError(f"trainer.backend={backend!r}: available {BACKENDS}")
         import torch
 
         # Ray does not cap intra-op threads for fractional CPUs: ranks sharing cores would
@@ -38,8 +34,9 @@ class TrainerWorker:
         torch.set_num_threads(threads)
         self.rank = rank
         self.transfer = None  # this rank's end of vLLM's weight transfer (weight_sync.py)
-        self._tensor_count: int | None = None
-        common = dict(
+        self.backend = make_backend(
+            backend,
+            model_dir,
             rank=rank,
             world_size=world_size,
             init_method=init_method,
@@ -49,15 +46,8 @@ class TrainerWorker:
             routing_replay=routing_replay,
             ppo_clip=ppo_clip,
             seed=seed,
+            **(parallel or {}),
         )
-        if backend == "torch":
-            from zeda_rl.trainer.backend import TorchBackend
-
-            self.backend = TorchBackend(model_dir, **common)
-        else:
-            from zeda_rl.trainer.megatron.backend import MegatronBackend
-
-            self.backend = MegatronBackend(model_dir, **common, **(parallel or {}))
 
     def ready(self) -> int:
         import os
@@ -114,9 +104,7 @@ class TrainerWorker:
         if self.transfer is None:
             raise RuntimeError("send_weights before connect_weight_transfer")
         self.transfer.send_weights()
-        if self._tensor_count is None:  # collective for sharded backends: every rank counts
-            self._tensor_count = len(self.transfer.source.metadata())
-        return self._tensor_count
+        return len(self.transfer.source.metadata())  # read once, at the first send
 
     def disconnect_weight_transfer(self) -> None:
         if self.transfer is not None:

@@ -22,6 +22,7 @@ from zeda_rl.losses.opd_loss import opd_policy_loss, response_nll, token_logprob
 from zeda_rl.trainer.batch import Batch, Sample, collate, pad_batch
 
 OBJECTIVES = ("sft", "opd")
+BACKENDS = ("torch", "megatron")
 MAX_LOCKSTEP_BATCHES = 256  # micro-batches per rank and step a lockstep backend can align
 
 
@@ -410,11 +411,38 @@ class TorchBackend(StepBackend):
             dist.destroy_process_group()
 
 
-def free_port() -> int:
+def make_backend(
+    kind: str,
+    model_dir: str,
+    *,
+    expert_parallel: int = 1,
+    tensor_parallel: int = 1,
+    pipeline_parallel: int = 1,
+    **common,
+) -> StepBackend:
+    """The ``trainer.backend`` named ``kind`` (torch | megatron); ``common`` are the
+    constructor arguments both share. The parallel sizes are the megatron backend's."""
+    if kind == "torch":
+        return TorchBackend(model_dir, **common)
+    if kind == "megatron":
+        from zeda_rl.trainer.megatron.backend import MegatronBackend
+
+        return MegatronBackend(
+            model_dir,
+            expert_parallel=expert_parallel,
+            tensor_parallel=tensor_parallel,
+            pipeline_parallel=pipeline_parallel,
+            **common,
+        )
+    raise ValueError(f"trainer.backend={kind!r}: available {BACKENDS}")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free on ``host`` now ("" for every interface: peers on other nodes)."""
     import socket
 
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
@@ -429,4 +457,5 @@ __all__ = [
     "TorchBackend",
     "TrainerBackend",
     "local_init_method",
+    "make_backend",
 ]

@@ -313,9 +313,17 @@ class NamedTensorSource(WeightSource):
 
     def __init__(self, named_tensors) -> None:
         self._named_tensors = named_tensors
+        self._metadata: list[ParamMeta] | None = None
 
     def metadata(self) -> list[ParamMeta]:
-        return [ParamMeta(n, t.dtype, tuple(t.shape)) for n, t in self._named_tensors()]
+        """Read once: names, dtypes and shapes do not change between syncs, and a sharded
+        backend's ``named_tensors()`` gathers its shards (every rank takes this path
+        together, so the first call is a collective on all of them)."""
+        if self._metadata is None:
+            self._metadata = [
+                ParamMeta(n, t.dtype, tuple(t.shape)) for n, t in self._named_tensors()
+            ]
+        return self._metadata
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
         return iter(self._named_tensors())
@@ -375,6 +383,8 @@ def connect_trainer(
     import ray
     from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactory
 
+    from zeda_rl.trainer.backend import free_port
+
     register_engines()
     world_size = 1 + len(rollouts) * workers_per_engine
     address = ray.util.get_node_ip_address()
@@ -390,7 +400,7 @@ def connect_trainer(
         from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo
 
         info = NCCLTrainerInitInfo(
-            rank=rank, master_address=address, master_port=_free_port(), world_size=world_size
+            rank=rank, master_address=address, master_port=free_port(""), world_size=world_size
         )
     elif method == "ipc":
         from vllm.distributed.weight_transfer.ipc_engine import IPCTrainerInitInfo
@@ -403,11 +413,3 @@ def connect_trainer(
         client=RolloutFleetClient(rollouts, workers_per_engine, timeout_s),
         source=NamedTensorSource(named_tensors),
     )
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
