@@ -114,6 +114,7 @@ class Stage2Config:
 
 
 WEIGHT_SYNC_METHODS = ("object_store", "gloo", "nccl", "ipc")
+TRAINER_BACKENDS = ("torch", "megatron")
 
 
 @dataclass

@@ -7,10 +7,9 @@ import json
 import os
 from pathlib import Path
 
-from zeda_rl.config import MODEL_FAMILIES, WEIGHT_SYNC_METHODS, RunConfig
+from zeda_rl.config import MODEL_FAMILIES, TRAINER_BACKENDS, WEIGHT_SYNC_METHODS, RunConfig
 
 LOCAL_SOURCES = ("teacher", "random")
-TRAINER_BACKENDS = ("torch", "megatron")
 
 
 def _fail(message: str) -> None:

@@ -17,12 +17,12 @@ from typing import Protocol
 import torch
 import torch.distributed as dist
 
+from zeda_rl.config import TRAINER_BACKENDS
 from zeda_rl.losses.group_aux_loss import GroupAuxLossConfig, group_aux_loss
 from zeda_rl.losses.opd_loss import opd_policy_loss, response_nll, token_logprobs
 from zeda_rl.trainer.batch import Batch, Sample, collate, pad_batch
 
 OBJECTIVES = ("sft", "opd")
-BACKENDS = ("torch", "megatron")
 MAX_LOCKSTEP_BATCHES = 256  # micro-batches per rank and step a lockstep backend can align
 
 
@@ -434,7 +434,7 @@ def make_backend(
             pipeline_parallel=pipeline_parallel,
             **common,
         )
-    raise ValueError(f"trainer.backend={kind!r}: available {BACKENDS}")
+    raise ValueError(f"trainer.backend={kind!r}: available {TRAINER_BACKENDS}")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
