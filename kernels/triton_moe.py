@@ -6,20 +6,26 @@ Dataflow::
                                           block_expert [P/BM] expert, each group padded to a
                                                                multiple of BLOCK_M; zero picks
                                                                are left out, not padded
+                                          slot_pos [T*K]      each slot's row in that order,
+                                                               -1 for a zero pick
     gate_up_kernel:  act[p]  = SiLU(x[t] W_g[e]^T) * (x[t] W_u[e]^T)   per block of one expert
-    rows_times_expert (down): y[slot] = w[slot] * act[p] W_d[e]^T    (per-slot rows)
-    out[t] = sum over the token's real slots y[t*K+k]        fixed order: deterministic;
-                                                             all-zero tokens stay exactly 0
+    rows_times_expert (down): y[p] = w[slot] * act[p] W_d[e]^T   (one row per real pick)
+    combine:  out[t] = sum_k y[slot_pos[t*K+k]] over the real k   fixed order: deterministic;
+                                                                  zero picks are never read,
+                                                                  all-zero tokens stay exactly 0
+    (or, deterministic=False: the down GEMM atomically adds w * act W_d^T into out[t])
 
 Buffers have fixed sizes (``P = T*K + N*(BLOCK_M-1)`` rows at most) and the launch grids
 depend only on shapes, so a call can be captured in a CUDA graph; blocks past the used
-length, or of no expert, exit at once. Without a GPU the same kernels run under
-``TRITON_INTERPRET=1`` (for tests on small shapes).
+length, or of no expert, exit at once. Only real picks are written or read: the memory
+traffic of the combine follows the real picks, like the GEMMs. Without a GPU the same
+kernels run under ``TRITON_INTERPRET=1`` (for tests on small shapes).
 """
 
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +46,14 @@ def _count_kernel(ids_ptr, counts_ptr, num_slots, num_real, BLOCK: tl.constexpr)
 
 @triton.jit
 def _scatter_kernel(
-    ids_ptr, starts_ptr, cursor_ptr, sorted_ptr, num_slots, num_real, BLOCK: tl.constexpr
+    ids_ptr,
+    starts_ptr,
+    cursor_ptr,
+    sorted_ptr,
+    slot_pos_ptr,
+    num_slots,
+    num_real,
+    BLOCK: tl.constexpr,
 ):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     inside = offs < num_slots
@@ -49,16 +62,22 @@ def _scatter_kernel(
     rank = tl.atomic_add(cursor_ptr + ids, 1, mask=real)
     start = tl.load(starts_ptr + ids, mask=real, other=0)
     tl.store(sorted_ptr + start + rank, offs, mask=real)
+    tl.store(slot_pos_ptr + offs, tl.where(real, start + rank, -1), mask=inside)
 
 
-def align_real_slots(topk_ids: torch.Tensor, num_real: int, block_m: int):
-    """Group the real slots of ``topk_ids`` by expert, padded per expert to ``block_m``.
+class RealSlotLayout(NamedTuple):
+    """Where every real pick goes in the expert-grouped order (``align_real_slots``)."""
 
-    Returns ``(sorted_slots [P], block_expert [P // block_m], counts [N], starts [N])``:
-    flat slot indices (``num_slots`` marks padding), the expert of every block (``num_real``
-    for a block past the used length), the real picks per expert and where each expert's
-    padded run starts.
-    """
+    sorted_slots: torch.Tensor  # [P] flat slot t*K+k per row; num_slots marks padding
+    block_expert: torch.Tensor  # [P // BLOCK_M] expert of each block; num_real: unused block
+    counts: torch.Tensor  # [N] real picks per expert
+    starts: torch.Tensor  # [N] first row of each expert's padded run
+    slot_pos: torch.Tensor  # [T*K] row of each slot; -1 for a zero pick
+
+
+def align_real_slots(topk_ids: torch.Tensor, num_real: int, block_m: int) -> RealSlotLayout:
+    """Group the real slots of ``topk_ids`` by expert, padded per expert to ``block_m``;
+    zero-expert slots get no row at all (``slot_pos`` -1)."""
     tokens, top_k = topk_ids.shape
     num_slots = tokens * top_k
     device = topk_ids.device
@@ -73,12 +92,60 @@ def align_real_slots(topk_ids: torch.Tensor, num_real: int, block_m: int):
     ends = torch.cumsum(padded, 0, dtype=torch.int32)
     starts = (ends - padded).contiguous()
     sorted_slots = torch.full((capacity,), num_slots, dtype=torch.int32, device=device)
+    slot_pos = torch.empty(num_slots, dtype=torch.int32, device=device)
     cursor = torch.zeros(num_real, dtype=torch.int32, device=device)
-    _scatter_kernel[grid](ids, starts, cursor, sorted_slots, num_slots, num_real, BLOCK=block)
+    _scatter_kernel[grid](
+        ids, starts, cursor, sorted_slots, slot_pos, num_slots, num_real, BLOCK=block
+    )
     block_starts = torch.arange(0, capacity, block_m, device=device, dtype=torch.int32)
     # The expert whose padded range holds each block; num_real past the used length.
     block_expert = torch.searchsorted(ends, block_starts, right=True).to(torch.int32)
-    return sorted_slots, block_expert, counts, starts
+    return RealSlotLayout(sorted_slots, block_expert, counts, starts, slot_pos)
+
+
+@triton.jit
+def _combine_kernel(
+    rows_ptr,
+    slot_pos_ptr,
+    out_ptr,
+    top_k,
+    n_cols,
+    stride_r,
+    stride_o,
+    BLOCK_N: tl.constexpr,
+):
+    """out[t] = sum over k of rows[slot_pos[t*K+k]], in k order, skipping zero picks
+    (slot_pos -1): their rows do not exist and are never read."""
+    token = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < n_cols
+    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for k in range(top_k):
+        # The slot's row, broadcast over the tile (a vector mask: the interpreter takes no
+        # scalar-and-vector masks).
+        pos = tl.load(slot_pos_ptr + token * top_k + k) + tl.zeros((BLOCK_N,), dtype=tl.int32)
+        real = pos >= 0
+        safe = tl.where(real, pos, 0).to(tl.int64)
+        acc += tl.load(rows_ptr + safe * stride_r + cols, mask=col_ok & real, other=0.0).to(
+            tl.float32
+        )
+    tl.store(out_ptr + token.to(tl.int64) * stride_o + cols, acc, mask=col_ok)
+
+
+def combine_real_rows(
+    rows: torch.Tensor, slot_pos: torch.Tensor, tokens: int, top_k: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """``[T, H]`` sums of each token's real-pick rows (``rows`` indexed by sorted position;
+    rows of padding or of no pick may hold anything: they are not read)."""
+    n_cols = rows.shape[1]
+    out = torch.empty(tokens, n_cols, dtype=dtype, device=rows.device)
+    if tokens == 0:
+        return out
+    block_n = min(1024, triton.next_power_of_2(n_cols))
+    _combine_kernel[(tokens, triton.cdiv(n_cols, block_n))](
+        rows, slot_pos, out, top_k, n_cols, rows.stride(0), out.stride(0), BLOCK_N=block_n
+    )
+    return out
 
 
 @triton.jit
@@ -154,6 +221,7 @@ def _rows_times_expert_kernel(
     weights_ptr,
     out_ptr,
     num_slots,
+    top_k,
     n_cols,
     k_dim,
     num_real,
@@ -161,18 +229,21 @@ def _rows_times_expert_kernel(
     stride_we,
     stride_wk,
     stride_wn,
-    stride_os,
+    stride_o,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     IEEE: tl.constexpr,
     UPCAST: tl.constexpr,
     SCALE: tl.constexpr,
+    ATOMIC: tl.constexpr,
 ):
     """Per block of one expert: rows ``a[p]`` (by sorted position) times the expert's
-    matrix ``W[e][k, n]`` (any strides), optionally scaled by the slot's routing weight,
-    written to one row per slot. The forward's down projection (``act W_d^T``, scaled) and
-    the backward's input gradient (``[dg, du] W_gu``) are this kernel."""
+    matrix ``W[e][k, n]`` (any strides), optionally scaled by the slot's routing weight.
+    The result goes to row ``p`` of ``out`` (for ``combine_real_rows``), or with ATOMIC is
+    added into the slot's token row (fp32, order not fixed). The forward's down projection
+    (``act W_d^T``, scaled) and the backward's input gradient (``[dg, du] W_gu``) are this
+    kernel."""
     pid_m = tl.program_id(0)
     expert = tl.load(block_expert_ptr + pid_m)
     if expert >= num_real:
@@ -208,11 +279,13 @@ def _rows_times_expert_kernel(
     if SCALE:
         gate_weight = tl.load(weights_ptr + safe_slots, mask=valid, other=0.0)
         acc = acc * gate_weight.to(tl.float32)[:, None]
-    tl.store(
-        out_ptr + safe_slots[:, None].to(tl.int64) * stride_os + cols[None, :],
-        acc,
-        mask=valid[:, None] & col_ok[None, :],
-    )
+    out_mask = valid[:, None] & col_ok[None, :]
+    if ATOMIC:
+        token_rows = (safe_slots // top_k)[:, None].to(tl.int64)
+        tl.atomic_add(out_ptr + token_rows * stride_o + cols[None, :], acc, mask=out_mask)
+    else:
+        row_off = rows[:, None].to(tl.int64) * stride_o
+        tl.store(out_ptr + row_off + cols[None, :], acc.to(out_ptr.dtype.element_ty), mask=out_mask)
 
 
 @triton.jit
@@ -395,7 +468,8 @@ def fused_experts_backward(
     hidden, grad_out = hidden.contiguous(), grad_out.contiguous()
     gate_up_proj, down_proj = gate_up_proj.contiguous(), down_proj.contiguous()
     weights = topk_weights.reshape(-1).contiguous()
-    sorted_slots, block_expert, counts, starts = align_real_slots(topk_ids, num_real, block_m)
+    layout = align_real_slots(topk_ids, num_real, block_m)
+    sorted_slots, block_expert, counts, starts = layout[:4]
     num_slots = tokens * top_k
     rows = sorted_slots.numel()
     ieee = hidden.dtype == torch.float32
@@ -428,14 +502,16 @@ def fused_experts_backward(
         LEFT_BY_TOKEN=False, RIGHT_BY_TOKEN=True,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_n, IEEE=ieee,
     )  # fmt: skip
-    dx_slots = torch.zeros(num_slots, size, dtype=torch.float32, device=dev)
+    # One input-gradient row per real pick, summed per token in k order (deterministic).
+    dx_rows = torch.empty(rows, size, dtype=torch.float32, device=dev)
     _rows_times_expert_kernel[(n_blocks, triton.cdiv(size, block_n))](
-        dgu, gate_up_proj, sorted_slots, block_expert, weights, dx_slots, num_slots, size,
+        dgu, gate_up_proj, sorted_slots, block_expert, weights, dx_rows, num_slots, top_k, size,
         two_inter, num_real, dgu.stride(0), gate_up_proj.stride(0), gate_up_proj.stride(1), 1,
-        dx_slots.stride(0),
+        dx_rows.stride(0),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, IEEE=ieee, UPCAST=False, SCALE=False,
+        ATOMIC=False,
     )  # fmt: skip
-    d_hidden = dx_slots.view(tokens, top_k, size).sum(1).to(hidden.dtype)
+    d_hidden = combine_real_rows(dx_rows, layout.slot_pos, tokens, top_k, hidden.dtype)
     d_weights = dweight_parts.sum(1).view(tokens, top_k).to(topk_weights.dtype)
     return (
         d_hidden,
@@ -464,14 +540,18 @@ def _tile_configs() -> list:
 
 
 # The forward GEMMs with their tiles tuned per shape (compiled kernels only: the tuner times
-# on the GPU). Both write, never accumulate, so tuning runs leave the right result.
+# on the GPU). Both write, never accumulate, so tuning runs leave the right result; the
+# atomic down projection adds into its output, which the tuner restores after each trial.
 if _INTERPRETED:
-    _gate_up_tuned = _down_tuned = None
+    _gate_up_tuned = _down_tuned = _down_atomic_tuned = None
 else:
     _gate_up_tuned = triton.autotune(_tile_configs(), key=["hidden", "inter"])(_gate_up_kernel)
     _down_tuned = triton.autotune(_tile_configs(), key=["n_cols", "k_dim"])(
         _rows_times_expert_kernel
     )
+    _down_atomic_tuned = triton.autotune(
+        _tile_configs(), key=["n_cols", "k_dim"], restore_value=["out_ptr"]
+    )(_rows_times_expert_kernel)
 
 
 def _blocks(tokens_x_k: int) -> tuple[int, int, int]:
@@ -490,12 +570,15 @@ def fused_experts_forward(
     *,
     num_real_experts: int,
     blocks: tuple[int, int, int] | None = None,
+    deterministic: bool = True,
 ) -> torch.Tensor:
     """Weighted sum of each token's real experts (SiLU-gated), zero picks never computed.
 
     Shapes as ``grouped_experts_forward``: hidden ``[T, H]``, topk ``[T, K]``, gate_up_proj
     ``[N, 2I, H]`` ([gate; up] rows), down_proj ``[N, H, I]``. Accumulates in fp32 and
-    returns ``hidden.dtype``.
+    returns ``hidden.dtype``. ``deterministic=False`` adds the down projection atomically
+    into the output instead of combining per-pick rows (no row buffer; summation order, and
+    so the last bits, vary from run to run).
     """
     tokens, top_k = topk_ids.shape
     num_real, two_inter, size = gate_up_proj.shape
@@ -511,7 +594,8 @@ def fused_experts_forward(
     hidden = hidden.contiguous()
     gate_up_proj, down_proj = gate_up_proj.contiguous(), down_proj.contiguous()
     weights = topk_weights.reshape(-1).contiguous()
-    sorted_slots, block_expert, _, _ = align_real_slots(topk_ids, num_real, block_m)
+    layout = align_real_slots(topk_ids, num_real, block_m)
+    sorted_slots, block_expert = layout.sorted_slots, layout.block_expert
     num_slots = tokens * top_k
     act = torch.empty(sorted_slots.numel(), inter, dtype=hidden.dtype, device=hidden.device)
     ieee = hidden.dtype == torch.float32
@@ -522,7 +606,10 @@ def fused_experts_forward(
     tuned = blocks is None and not _INTERPRETED
     tiles = {} if tuned else {"BLOCK_N": block_n, "BLOCK_K": block_k}
     gate_up = _gate_up_tuned if tuned else _gate_up_kernel
-    down = _down_tuned if tuned else _rows_times_expert_kernel
+    if not tuned:
+        down = _rows_times_expert_kernel
+    else:
+        down = _down_tuned if deterministic else _down_atomic_tuned
     n_blocks = used_blocks_bound(block_expert.numel(), num_slots)
 
     def grid_over(columns):
@@ -548,16 +635,21 @@ def fused_experts_forward(
         UPCAST=upcast,
         **tiles,
     )
-    # Zero picks are never written: their rows stay 0 and add nothing to the sum.
-    per_slot = torch.zeros(num_slots, size, dtype=torch.float32, device=hidden.device)
+    if deterministic:
+        # One fp32 row per real pick (no row exists for a zero pick), summed per token in
+        # k order by the combine: the same bits for the same routes at any batch layout.
+        out = torch.empty(sorted_slots.numel(), size, dtype=torch.float32, device=hidden.device)
+    else:
+        out = torch.zeros(tokens, size, dtype=torch.float32, device=hidden.device)
     down[grid_over(size)](
         act,
         down_proj,
         sorted_slots,
         block_expert,
         weights,
-        per_slot,
+        out,
         num_slots,
+        top_k,
         size,
         inter,
         num_real,
@@ -565,14 +657,17 @@ def fused_experts_forward(
         down_proj.stride(0),
         1,  # W_d[e] is [H, I]: k (= i) is contiguous, n (= h) strides by a row
         down_proj.stride(1),
-        per_slot.stride(0),
+        out.stride(0),
         BLOCK_M=block_m,
         IEEE=ieee,
         UPCAST=upcast,
         SCALE=True,
+        ATOMIC=not deterministic,
         **tiles,
     )
-    return per_slot.view(tokens, top_k, size).sum(1).to(hidden.dtype)
+    if deterministic:
+        return combine_real_rows(out, layout.slot_pos, tokens, top_k, hidden.dtype)
+    return out.to(hidden.dtype)
 
 
 class _FusedExperts(torch.autograd.Function):

@@ -57,9 +57,14 @@ CASES = {
 def test_align_groups_only_real_slots(name):
     x, ids, *_ = _case(**CASES[name])
     num_real, block_m = CASES[name]["num_real"], 16
-    sorted_slots, block_expert, counts, starts = triton_moe.align_real_slots(ids, num_real, block_m)
+    layout = triton_moe.align_real_slots(ids, num_real, block_m)
+    sorted_slots, block_expert, counts, starts, slot_pos = layout
     num_slots = ids.numel()
     flat = ids.reshape(-1)
+    # slot_pos inverts the grouping: each real slot's row, -1 for every zero pick.
+    assert torch.equal(slot_pos < 0, flat >= num_real)
+    rows = torch.nonzero(sorted_slots < num_slots).flatten()
+    assert torch.equal(slot_pos[sorted_slots[rows].long()].long(), rows)
     assert counts.tolist() == torch.bincount(flat[flat < num_real], minlength=num_real).tolist()
     used = sorted_slots[sorted_slots < num_slots]
     # Every real slot exactly once, no zero slot at all.
@@ -93,6 +98,38 @@ def test_forward_matches_reference_fp32(name):
     assert torch.allclose(out, ref, atol=1e-5, rtol=0), (out - ref).abs().max()
     all_zero_tokens = (ids >= n).all(-1)
     assert torch.all(out[all_zero_tokens] == 0)  # exactly zero, not small
+
+
+@pytest.mark.parametrize("name", ["mixed", "all_zero", "one_expert", "odd_sizes"])
+def test_combine_reads_only_real_rows(name):
+    """Rows of padding and of zero picks hold NaN here: the combine must never read them."""
+    x, ids, *_ = _case(**CASES[name])
+    num_real, top_k = CASES[name]["num_real"], CASES[name]["top_k"]
+    layout = triton_moe.align_real_slots(ids, num_real, 16)
+    hidden = x.shape[1]
+    rows = torch.full((layout.sorted_slots.numel(), hidden), float("nan"))
+    per_slot = torch.randn(ids.numel(), hidden, generator=torch.Generator().manual_seed(1))
+    real = layout.slot_pos >= 0
+    rows[layout.slot_pos[real].long()] = per_slot[real]
+    out = triton_moe.combine_real_rows(rows, layout.slot_pos, ids.shape[0], top_k, torch.float32)
+    expected = (per_slot * real[:, None]).view(ids.shape[0], top_k, hidden).sum(1)
+    assert not out.isnan().any()
+    assert torch.allclose(out, expected, atol=1e-6, rtol=0)
+    assert torch.all(out[(ids >= num_real).all(-1)] == 0)
+
+
+@pytest.mark.parametrize("name", ["mixed", "all_zero", "one_expert", "decode"])
+def test_forward_atomic_accumulation_matches_reference(name):
+    """deterministic=False: the down GEMM adds into the output (no per-pick row buffer)."""
+    x, ids, w, gate_up, down = _case(**CASES[name])
+    n = CASES[name]["num_real"]
+    ref = grouped_experts_forward(x, ids, w, gate_up, down, num_real_experts=n, backend="torch")
+    out = triton_moe.fused_experts_forward(
+        x, ids, w, gate_up, down, num_real_experts=n, deterministic=False
+    )
+    assert out.dtype == x.dtype
+    assert torch.allclose(out, ref, atol=1e-5, rtol=0), (out - ref).abs().max()
+    assert torch.all(out[(ids >= n).all(-1)] == 0)
 
 
 def test_forward_matches_reference_bf16_and_large_blocks():
