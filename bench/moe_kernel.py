@@ -12,6 +12,11 @@ real picks are uniform over the experts or skewed (Zipf 1.2). Rows per configura
   it with itself at 0 % zero picks.
 - ``expert0``: vLLM's zero-expert approach, zero slots sent to expert 0 with weight 0 (the
   same kernel, so only the skipping differs).
+- ``fused_atomic``: our kernel with ``deterministic=False`` (the down GEMM adds into the
+  output atomically instead of writing per-pick rows for the ordered combine): what
+  determinism costs.
+- ``te``: transformer-engine's permute + GroupedLinear path (``backend="te"``), when
+  transformer-engine is installed.
 - ``torch``: the plain-torch grouped reference.
 
 with time, achieved TFLOP/s (real picks only: 6 x H x I per pick), GB/s (expert weights
@@ -72,8 +77,10 @@ def timed(fn, repeats: int = 20) -> float:
 
 
 def bench_moe(model: str, tokens_list, rates, routings) -> list[dict]:
-    from zeda_kernels.moe_dispatch import grouped_experts_forward
+    from zeda_kernels.moe_dispatch import backend_unavailable, grouped_experts_forward
+    from zeda_kernels.triton_moe import fused_experts_forward
 
+    have_te = backend_unavailable("te", cuda=True) is None
     shape = MODELS[model]
     n, nz, k, h, i = (shape[x] for x in ("experts", "zero", "top_k", "hidden", "inter"))
     dev, dt = torch.device("cuda"), torch.bfloat16
@@ -101,6 +108,14 @@ def bench_moe(model: str, tokens_list, rates, routings) -> list[dict]:
                         run, x, expert0, w0, gate_up, down, backend="triton"
                     ),
                 }
+                variants["fused_atomic"] = functools.partial(
+                    fused_experts_forward,
+                    x, ids, weights, gate_up, down, num_real_experts=n, deterministic=False,
+                )  # fmt: skip
+                if have_te:
+                    variants["te"] = functools.partial(
+                        run, x, ids, weights, gate_up, down, backend="te"
+                    )
                 if tokens <= 4096:
                     variants["torch"] = functools.partial(
                         run, x, ids, weights, gate_up, down, backend="torch"

@@ -5,15 +5,25 @@ Imported as ``zeda_kernels`` (the directory is ``kernels/``; a top-level package
 
 Every backend implements :func:`zeda_kernels.moe_dispatch.grouped_experts_forward`'s
 interface: routing picks with ids >= ``num_real_experts`` are zero experts and never reach
-an expert matmul. The plain-torch grouped path lives here; fused GPU kernels plug in
-behind the same signature.
+an expert matmul. Backends: ``torch`` (the plain-torch grouped reference, here),
+``triton`` (fused kernels, triton_moe.py) and ``te`` (transformer-engine, te_moe.py);
+``auto`` picks one per device, ``$ZEDA_EXPERTS_BACKEND`` overrides it.
 """
 
 from zeda_kernels.moe_dispatch import (
+    BACKEND_ENV,
     EXPERT_BACKENDS,
     RealSlotGroups,
+    backend_unavailable,
     group_real_slots,
     grouped_experts_forward,
 )
 
-__all__ = ["EXPERT_BACKENDS", "RealSlotGroups", "group_real_slots", "grouped_experts_forward"]
+__all__ = [
+    "BACKEND_ENV",
+    "EXPERT_BACKENDS",
+    "RealSlotGroups",
+    "backend_unavailable",
+    "group_real_slots",
+    "grouped_experts_forward",
+]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -101,21 +102,88 @@ def _triton_backend(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, num
     )
 
 
+def _te_backend(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, num_real, activation):
+    from zeda_kernels.te_moe import te_experts
+
+    return te_experts(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, num_real, activation)
+
+
 # name -> fn(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, num_real, activation)
 EXPERT_BACKENDS: dict[str, Callable[..., torch.Tensor]] = {
     "torch": _torch_backend,  # the reference: any device, autograd
     "triton": _triton_backend,  # fused Triton kernels (CUDA; TRITON_INTERPRET=1 on CPU)
+    "te": _te_backend,  # transformer-engine's permute + GroupedLinear (CUDA, TE >= 2.1)
 }
+
+# Picks the backend of CUDA tensors in every process that inherits it (the launcher sets it
+# from kernels.experts_backend, so Ray actors and vLLM's engine processes follow). CPU
+# tensors keep the torch reference: the other backends are GPU kernels.
+BACKEND_ENV = "ZEDA_EXPERTS_BACKEND"
+
+
+def is_silu(activation) -> bool:
+    return (
+        activation is F.silu
+        or isinstance(activation, torch.nn.SiLU)
+        or (type(activation).__name__ in ("SiLUActivation", "SiLU"))
+    )
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def backend_unavailable(name: str, cuda: bool) -> str | None:
+    """Why backend ``name`` cannot run in this environment (``cuda``: on CUDA tensors), or
+    None when it can."""
+    import os
+
+    if name == "auto" or name == "torch":
+        return None
+    if name not in EXPERT_BACKENDS:
+        return f"unknown experts backend {name!r}; available: auto, {sorted(EXPERT_BACKENDS)}"
+    if name == "triton":
+        if not _importable("triton"):
+            return "the triton experts backend needs the triton package"
+        if not cuda and os.environ.get("TRITON_INTERPRET") != "1":
+            return "the triton experts backend needs CUDA (or TRITON_INTERPRET=1, for tests)"
+        return None
+    if not _importable("transformer_engine"):
+        return "the te experts backend needs transformer-engine (pip install zeda-rl[gpu])"
+    if not cuda:
+        return "the te experts backend needs CUDA"
+    return None
 
 
 def default_backend(hidden: torch.Tensor) -> str:
-    """The fused kernels on CUDA when Triton is installed, the torch reference elsewhere."""
-    if hidden.is_cuda:
-        try:
-            import triton  # noqa: F401
-        except ImportError:
-            return "torch"
-        return "triton"
+    """What ``backend="auto"`` runs: the torch reference on CPU; on CUDA
+    ``$ZEDA_EXPERTS_BACKEND`` when set, else the fused Triton kernels when Triton is
+    installed (transformer-engine's path when only it is)."""
+    import os
+
+    if not hidden.is_cuda:
+        return "torch"
+    chosen = os.environ.get(BACKEND_ENV, "auto")
+    if chosen == "auto":
+        return _auto_cuda_backend()
+    if chosen not in EXPERT_BACKENDS:
+        raise ValueError(
+            f"{BACKEND_ENV}={chosen!r}: unknown experts backend; available: auto, "
+            f"{sorted(EXPERT_BACKENDS)}"
+        )
+    return chosen
+
+
+@cache
+def _auto_cuda_backend() -> str:
+    for name in ("triton", "te"):
+        if backend_unavailable(name, cuda=True) is None:
+            return name
     return "torch"
 
 
@@ -138,8 +206,7 @@ def grouped_experts_forward(
         topk_weights: ``[T, K]`` gate weights of the chosen slots (zero-slot weights ignored).
         gate_up_proj: ``[N, 2I, H]`` fused gate/up projections (transformers' layout).
         down_proj: ``[N, H, I]`` down projections.
-        backend: ``auto`` (the fused Triton kernels on CUDA, the torch reference elsewhere),
-            ``torch`` or ``triton``.
+        backend: ``auto`` (see ``default_backend``), ``torch``, ``triton`` or ``te``.
     """
     if gate_up_proj.shape[0] != num_real_experts or down_proj.shape[0] != num_real_experts:
         raise ValueError(

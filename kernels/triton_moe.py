@@ -28,9 +28,9 @@ import os
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
+from zeda_kernels.moe_dispatch import is_silu
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -708,16 +708,8 @@ def fused_experts(
     activation,
 ) -> torch.Tensor:
     """``EXPERT_BACKENDS["triton"]``: differentiable, SiLU-gated experts only."""
-    if not _is_silu(activation):
+    if not is_silu(activation):
         raise ValueError("the triton experts backend implements SiLU-gated experts only")
     return _FusedExperts.apply(
         hidden, topk_ids, topk_weights.reshape(-1), gate_up_proj, down_proj, num_real
-    )
-
-
-def _is_silu(activation) -> bool:
-    return (
-        activation is F.silu
-        or isinstance(activation, torch.nn.SiLU)
-        or (type(activation).__name__ in ("SiLUActivation", "SiLU"))
     )

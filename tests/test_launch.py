@@ -96,6 +96,11 @@ def test_trained_teacher_source_with_evaluation(tmp_path):
         (["+experiment=tiny", "resources.layout=ring"], "resources.layout='ring'"),
         (["+experiment=tiny", "weight_sync.method=rdma"], "weight_sync.method='rdma'"),
         (["+experiment=tiny", "weight_sync.method=nccl"], "weight_sync.method='nccl'"),
+        (["+experiment=tiny", "kernels.experts_backend=cutlass"], "experts_backend='cutlass'"),
+        (
+            ["+experiment=tiny", "kernels.experts_backend=triton"],
+            "neither the rollouts nor the trainer have GPUs",
+        ),
         (
             ["+experiment=glm47", "dry_run=true", "model.family=qwen3_moe"],
             "model.architecture='glm47' is a glm4_moe_lite model",

@@ -21,36 +21,8 @@ triton_moe = pytest.importorskip("zeda_kernels.triton_moe")
 
 from zeda_kernels.moe_dispatch import grouped_experts_forward  # noqa: E402
 
-
-def _case(tokens, hidden, inter, num_real, num_zero, top_k, zero_share, seed=0, skew=False):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(tokens, hidden, generator=g)
-    gate_up = torch.randn(num_real, 2 * inter, hidden, generator=g) / hidden**0.5
-    down = torch.randn(num_real, hidden, inter, generator=g) / inter**0.5
-    ids = []
-    for _ in range(tokens):
-        zero = int((torch.rand(top_k, generator=g) < zero_share).sum())
-        pool = torch.arange(2 if skew else num_real)  # skew: everything on experts 0 and 1
-        real = pool[torch.randperm(pool.numel(), generator=g)][: top_k - zero]
-        zeros = num_real + torch.randperm(num_zero, generator=g)[:zero]
-        ids.append(torch.cat([real, zeros])[torch.randperm(top_k, generator=g)])
-    ids = torch.stack(ids)
-    weights = torch.rand(tokens, top_k, generator=g)
-    return x, ids, weights, gate_up, down
-
-
-CASES = {
-    "mixed": dict(tokens=13, hidden=40, inter=24, num_real=6, num_zero=3, top_k=3, zero_share=0.4),
-    "all_zero": dict(tokens=5, hidden=32, inter=16, num_real=4, num_zero=2, top_k=2, zero_share=1),
-    "no_zero": dict(tokens=9, hidden=32, inter=16, num_real=4, num_zero=2, top_k=2, zero_share=0),
-    "one_expert": dict(
-        tokens=20, hidden=32, inter=16, num_real=4, num_zero=2, top_k=1, zero_share=0.0, skew=True
-    ),
-    "decode": dict(tokens=1, hidden=32, inter=16, num_real=16, num_zero=8, top_k=4, zero_share=0.5),
-    "odd_sizes": dict(
-        tokens=3, hidden=33, inter=17, num_real=5, num_zero=2, top_k=2, zero_share=0.5
-    ),
-}
+from tests.conftest import MOE_CASES as CASES  # noqa: E402
+from tests.conftest import moe_case as _case  # noqa: E402
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

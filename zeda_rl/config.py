@@ -113,6 +113,16 @@ class Stage2Config:
     max_new_tokens: int = 256
 
 
+@dataclass
+class KernelsConfig:
+    """The MoE experts compute (zeda_kernels) in the trainer's transformers model and the
+    vLLM rollouts: every backend skips zero-expert picks."""
+
+    # auto (triton when installed, else te, on CUDA) | torch | triton | te (transformer-
+    # engine >= 2.1). Applies to CUDA tensors; on CPU the torch reference always runs.
+    experts_backend: str = "auto"
+
+
 WEIGHT_SYNC_METHODS = ("object_store", "gloo", "nccl", "ipc")
 TRAINER_BACKENDS = ("torch", "megatron")
 
@@ -170,6 +180,7 @@ class RunConfig:
     stage1: Stage1Config = field(default_factory=Stage1Config)
     stage2: Stage2Config = field(default_factory=Stage2Config)
     weight_sync: WeightSyncConfig = field(default_factory=WeightSyncConfig)
+    kernels: KernelsConfig = field(default_factory=KernelsConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)

@@ -14,6 +14,7 @@ Dataflow (stages marked * arrive with the distributed pipeline)::
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -204,6 +205,10 @@ def main(dict_cfg: DictConfig) -> None:
         dict_cfg.model.source = ""  # planning from model.architecture needs no checkpoint
     cfg: RunConfig = OmegaConf.to_object(dict_cfg)
     validate(cfg)
+    if cfg.kernels.experts_backend != "auto":
+        from zeda_kernels import BACKEND_ENV
+
+        os.environ[BACKEND_ENV] = cfg.kernels.experts_backend  # this process's evaluations
     run_dir = Path(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
     print(f"zeda_rl: experiment {cfg.name}, output {run_dir}")
     if cfg.dry_run:

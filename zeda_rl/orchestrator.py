@@ -418,6 +418,16 @@ def _shuffled(items: list, seed: int) -> list:
     return out
 
 
+def _runtime_env(cfg: RunConfig) -> dict | None:
+    """What every actor (and the vLLM processes it starts) must inherit: the experts backend
+    of CUDA tensors, when one is chosen."""
+    from zeda_kernels import BACKEND_ENV
+
+    if cfg.kernels.experts_backend == "auto":
+        return None
+    return {"env_vars": {BACKEND_ENV: cfg.kernels.experts_backend}}
+
+
 def run_pipeline(cfg: RunConfig, teacher_dir: Path, student_dir: Path, run_dir: Path) -> dict:
     """Both stages on a local Ray instance; returns timings and the final student folder."""
     import ray
@@ -434,6 +444,7 @@ def run_pipeline(cfg: RunConfig, teacher_dir: Path, student_dir: Path, run_dir: 
         include_dashboard=True,
         log_to_driver=False,
         ignore_reinit_error=True,
+        runtime_env=_runtime_env(cfg),
     )
     print(f"Ray dashboard: http://{ctx.dashboard_url}", flush=True)
     tracker = Tracker(

@@ -193,5 +193,25 @@ def validate(cfg: RunConfig) -> None:
         )
     if ws.bucket_mb <= 0:
         _fail(f"weight_sync.bucket_mb={ws.bucket_mb} must be > 0")
+    _validate_kernels(cfg)
     if cfg.checkpoint.resume and cfg.checkpoint.dir and not Path(cfg.checkpoint.dir).is_dir():
         _fail(f"checkpoint.dir={cfg.checkpoint.dir!r} does not exist (checkpoint.resume=true)")
+
+
+def _validate_kernels(cfg: RunConfig) -> None:
+    from zeda_kernels import EXPERT_BACKENDS, backend_unavailable
+
+    name = cfg.kernels.experts_backend
+    if name != "auto" and name not in EXPERT_BACKENDS:
+        _fail(f"kernels.experts_backend={name!r}: auto | {' | '.join(EXPERT_BACKENDS)}")
+    if name in ("auto", "torch"):
+        return
+    why = backend_unavailable(name, cuda=True)
+    if why is not None:
+        _fail(f"kernels.experts_backend={name!r}: {why}")
+    if cfg.rollout.gpus_per_worker <= 0 and cfg.trainer.gpus_per_worker <= 0:
+        _fail(
+            f"kernels.experts_backend={name!r} runs on CUDA tensors, but neither the rollouts "
+            "nor the trainer have GPUs (rollout.gpus_per_worker, trainer.gpus_per_worker); "
+            "on CPU the torch reference runs: use 'auto' or 'torch'"
+        )
