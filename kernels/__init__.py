@@ -17,6 +17,7 @@ from zeda_kernels.moe_dispatch import (
     backend_unavailable,
     group_real_slots,
     grouped_experts_forward,
+    opaque_grouped_experts,
 )
 
 __all__ = [
@@ -26,4 +27,5 @@ __all__ = [
     "backend_unavailable",
     "group_real_slots",
     "grouped_experts_forward",
+    "opaque_grouped_experts",
 ]

@@ -68,7 +68,8 @@ def vllm_engine(
         max_model_len=max_model_len,
         tensor_parallel_size=tensor_parallel_size,
         distributed_executor_backend="uni" if tensor_parallel_size == 1 else None,
-        enforce_eager=True,
+        # Eager by default: compiling costs more start-up than it saves on small runs.
+        enforce_eager=engine_kwargs.pop("enforce_eager", True),
         **engine_kwargs,
     )
 

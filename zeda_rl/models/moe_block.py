@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers.activations import ACT2FN
-from zeda_kernels import grouped_experts_forward
+from zeda_kernels import grouped_experts_forward, opaque_grouped_experts
 
 from zeda_rl.models.zero_experts import (
     RouterDecision,
@@ -61,18 +61,30 @@ def routed_output(
     num_real: int,
     activation,
     zero_expert_type: str,
+    opaque: bool = False,
 ) -> torch.Tensor:
     """The routed experts' weighted output for one routing decision (shared with the vLLM
-    plugin): real picks through the grouped dispatch, zero picks skipped."""
-    out = grouped_experts_forward(
-        hidden,
-        decision.topk_ids,
-        decision.topk_weights,
-        gate_up_proj,
-        down_proj,
-        num_real_experts=num_real,
-        activation=activation,
-    )
+    plugin): real picks through the grouped dispatch, zero picks skipped. ``opaque`` runs
+    the (SiLU) experts as one custom op that graph compilers do not trace (vLLM)."""
+    if opaque:
+        out = opaque_grouped_experts(
+            hidden,
+            decision.topk_ids,
+            decision.topk_weights,
+            gate_up_proj,
+            down_proj,
+            num_real_experts=num_real,
+        )
+    else:
+        out = grouped_experts_forward(
+            hidden,
+            decision.topk_ids,
+            decision.topk_weights,
+            gate_up_proj,
+            down_proj,
+            num_real_experts=num_real,
+            activation=activation,
+        )
     if zero_expert_type == "copy":
         # MoE++ copy experts return their input: add weight * x, still no matmul.
         copy_weight = (decision.topk_weights * (decision.topk_ids >= num_real)).sum(-1)

@@ -113,6 +113,8 @@ class ZedaVllmMoe(nn.Module):
             num_real=self.num_real,
             activation=F.silu,
             zero_expert_type=self.config.zero_expert_type,
+            # vLLM compiles the model unless enforce_eager: keep the grouping out of the graph.
+            opaque=True,
         )
         if self.shared_experts is not None:
             out = out + self.shared_experts(hidden)
