@@ -51,16 +51,22 @@ def test_trained_teacher_source_with_evaluation(tmp_path):
         "model.teacher_preset=smoke",
         "stage1.enabled=false",
         "stage2.enabled=false",
+        "eval.top_p_baselines=[0.5]",
         env_extra={"ZEDA_CACHE_DIR": str(tmp_path / "cache")},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     before = summary["eval_before_adaptation"]
-    assert set(before) == {"teacher", "student"}
+    assert set(before) == {"teacher", "student", "top_p_0.5"}
     assert before["teacher"]["zero_expert_ratio"] == 0.0
     assert before["student"]["zero_expert_ratio"] > 0.0
     assert before["student"]["reverse_kl"] >= 0.0
+    # The Top-P baseline skips picks (its teacher keeps at least one expert per token).
+    assert 0.0 < before["top_p_0.5"]["zero_expert_ratio"] < 1.0
+    assert before["top_p_0.5"]["reverse_kl"] >= 0.0
+    assert "top-p 0.5 (base)" in result.stdout
     assert (tmp_path / "run" / "eval_student" / "report.md").is_file()
+    assert (tmp_path / "run" / "eval_top_p_0.5" / "report.md").is_file()
 
 
 @pytest.mark.parametrize(
@@ -72,6 +78,7 @@ def test_trained_teacher_source_with_evaluation(tmp_path):
         (["+experiment=tiny", "group_aux_loss.zero_expert_weight=0"], "zero_expert_weight"),
         (["+experiment=tiny", "model.teacher_preset=huge"], "model.teacher_preset='huge'"),
         (["+experiment=tiny", "eval.suite=everything"], "eval.suite='everything'"),
+        (["+experiment=tiny", "eval.top_p_baselines=[0.5,1.5]"], "[1.5] not in (0, 1]"),
         (["+experiment=tiny", "teacher.temperature=0.7"], "teacher.temperature=0.7"),
         (["+experiment=tiny", "trainer.expert_parallel=3"], "trainer.expert_parallel=3"),
         (["+experiment=tiny", "trainer.backend=deepspeed"], "trainer.backend='deepspeed'"),

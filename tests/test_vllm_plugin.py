@@ -87,24 +87,31 @@ def test_vllm_block_weight_errors(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("kind", ["zeda", "zeda_compiled", "teacher"])
+@pytest.mark.parametrize("kind", ["zeda", "zeda_compiled", "top_p_baseline", "teacher"])
 def test_vllm_serves_checkpoint_with_transformers_logprobs(tmp_path, family, kind):
     """``zeda``: the plugin's model; ``zeda_compiled``: the same under vLLM's default
     torch.compile (as ``vllm serve`` runs it: the experts' data-dependent grouping must stay
-    out of the graph); ``teacher``: vLLM's own static model, which the teacher actor serves
-    (on CPU it relies on the plugin's rotary-embedding shim for GLM's MLA)."""
+    out of the graph); ``top_p_baseline``: zero experts masked and Top-P routing, set
+    through vLLM's hf_overrides; ``teacher``: vLLM's own static model, which the teacher
+    actor serves (on CPU it relies on the plugin's rotary-embedding shim for GLM's MLA)."""
     from vllm import SamplingParams
 
     from zeda_rl.eval.generation import close_vllm_engine, vllm_engine
+    from zeda_rl.models.registry import load_zeda_model
 
     model = _zeda_model(tmp_path, family)
+    extra = {}
     if kind == "teacher":
         model = AutoModelForCausalLM.from_pretrained(tmp_path / "teacher").eval()
+    if kind == "top_p_baseline":
+        extra["hf_overrides"] = {"mask_zero_experts": True, "routing_top_p": 0.5}
+        model = load_zeda_model(tmp_path / "zeda", **extra["hf_overrides"]).eval()
     llm = vllm_engine(
         str(tmp_path / ("teacher" if kind == "teacher" else "zeda")),
         skip_tokenizer_init=True,
         max_model_len=64,
         enforce_eager=kind != "zeda_compiled",
+        **extra,
     )
     try:
         g = torch.Generator().manual_seed(0)

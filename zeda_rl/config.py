@@ -32,6 +32,9 @@ class EvalConfig:
     suite: str = "tiny"  # tiny | full
     enabled: bool = True
     backend: str = "vllm"  # vllm (the ZEDA plugin serves students) | hf (plain transformers)
+    # Training-free Top-P routing baselines (zeda_rl/models/top_p.py): the teacher under
+    # Top-P at each p, evaluated beside it before adaptation.
+    top_p_baselines: list[float] = field(default_factory=list)
 
 
 @dataclass

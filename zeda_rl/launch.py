@@ -97,10 +97,18 @@ def _local_checks(
     evaluate_runs = cfg.eval.enabled and (teacher_dir / "tokenizer.json").is_file()
     if evaluate_runs:
         t0 = time.perf_counter()
-        summary["eval_before_adaptation"] = {
+        before = summary["eval_before_adaptation"] = {
             "teacher": _evaluate("teacher", teacher, teacher_dir, None, cfg, run_dir),
             "student": _evaluate("student", student, student_dir, teacher, cfg, run_dir),
         }
+        for p in cfg.eval.top_p_baselines:
+            # The teacher under Top-P routing: the student's checkpoint with its zero
+            # experts masked (exactly the teacher), picks pruned at p.
+            overrides = {"mask_zero_experts": True, "routing_top_p": float(p)}
+            baseline = AutoModelForCausalLM.from_pretrained(student_dir, **overrides).eval()
+            before[f"top_p_{p:g}"] = _evaluate(
+                f"top_p_{p:g}", baseline, student_dir, teacher, cfg, run_dir, overrides
+            )
         timings["eval_before"] = time.perf_counter() - t0
     return teacher if evaluate_runs else None
 
@@ -154,7 +162,15 @@ def run(cfg: RunConfig, run_dir: Path) -> dict:
     return summary
 
 
-def _evaluate(name: str, model, model_dir: Path, reference, cfg: RunConfig, run_dir: Path) -> dict:
+def _evaluate(
+    name: str,
+    model,
+    model_dir: Path,
+    reference,
+    cfg: RunConfig,
+    run_dir: Path,
+    overrides: dict | None = None,
+) -> dict:
     from transformers import AutoTokenizer
 
     from zeda_rl.eval.generation import Generator
@@ -162,7 +178,7 @@ def _evaluate(name: str, model, model_dir: Path, reference, cfg: RunConfig, run_
     from zeda_rl.eval.report import write_report
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    generator = Generator(cfg.eval.backend, str(model_dir), model, tokenizer)
+    generator = Generator(cfg.eval.backend, str(model_dir), model, tokenizer, overrides)
     try:
         result = evaluate(
             model, tokenizer, suite_items(cfg.eval.suite), teacher=reference, generate=generator
@@ -227,8 +243,9 @@ def format_summary(summary: dict, run_dir: Path) -> str:
         lines.append(f"experts           {summary['experts']}")
     before = summary.get("eval_before_adaptation", {})
     after = summary.get("eval_after_adaptation", {}).get("student")
-    rows = [("teacher", before.get("teacher")), ("student before", before.get("student"))]
-    rows.append(("student after", after))
+    rows = [("teacher", before.get("teacher"))]
+    rows += [(f"top-p {k[6:]} (base)", r) for k, r in before.items() if k.startswith("top_p_")]
+    rows += [("student before", before.get("student")), ("student after", after)]
     if any(r for _, r in rows):
         lines.append(
             f"{'':18s}{'accuracy':>10s}{'zero ratio':>12s}{'reverse KL':>12s}{'top-1':>8s}"

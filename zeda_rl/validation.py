@@ -66,6 +66,9 @@ def validate(cfg: RunConfig) -> None:
         _fail(f"eval.suite={cfg.eval.suite!r}: 'tiny' or 'full'")
     if cfg.eval.backend not in ("vllm", "hf"):
         _fail(f"eval.backend={cfg.eval.backend!r}: 'vllm' or 'hf'")
+    bad_p = [p for p in cfg.eval.top_p_baselines if not 0 < p <= 1]
+    if bad_p:
+        _fail(f"eval.top_p_baselines={list(cfg.eval.top_p_baselines)}: {bad_p} not in (0, 1]")
 
     if planning_only:
         arch = ARCHITECTURES[m.architecture]

@@ -26,12 +26,36 @@ def main(argv: list[str] | None = None) -> int:
         help="generation engine (default vllm; hf judges a checkpoint without vLLM)",
     )
     parser.add_argument("--out", default=None, help="output folder (default MODEL/eval-SUITE)")
+    parser.add_argument(
+        "--mask-zero-experts",
+        action="store_true",
+        help="a ZEDA model with its zero experts masked: the original static MoE",
+    )
+    parser.add_argument(
+        "--routing-top-p",
+        type=float,
+        default=None,
+        metavar="P",
+        help="training-free Top-P routing: keep each token's largest picks up to P of its "
+        "gate mass, skip the rest (with --mask-zero-experts: the Top-P baseline)",
+    )
     args = parser.parse_args(argv)
 
     for flag, path in (("--model", args.model), ("--teacher", args.teacher)):
         if path is not None and not (Path(path) / "config.json").is_file():
             print(f"error: {flag} {path}: no model folder (config.json missing)", file=sys.stderr)
             return 2
+    if args.routing_top_p is not None and not 0 < args.routing_top_p <= 1:
+        print(f"error: --routing-top-p {args.routing_top_p}: must be in (0, 1]", file=sys.stderr)
+        return 2
+    overrides = routing_overrides(args.mask_zero_experts, args.routing_top_p)
+    if overrides and not is_zeda_checkpoint(Path(args.model)):
+        print(
+            f"error: --mask-zero-experts / --routing-top-p need a ZEDA checkpoint; {args.model} "
+            "is a static MoE (convert it first: python -m zeda_rl.convert)",
+            file=sys.stderr,
+        )
+        return 2
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -40,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     from zeda_rl.eval.harness import evaluate, suite_items
     from zeda_rl.eval.report import write_report
 
-    model = AutoModelForCausalLM.from_pretrained(args.model).eval()
+    model = AutoModelForCausalLM.from_pretrained(args.model, **overrides).eval()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     teacher = AutoModelForCausalLM.from_pretrained(args.teacher).eval() if args.teacher else None
     if teacher is not None and teacher.config.vocab_size != model.config.vocab_size:
@@ -52,14 +76,34 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer,
         items,
         teacher=teacher,
-        generate=(generator := Generator(args.backend, args.model, model, tokenizer)),
+        generate=(generator := Generator(args.backend, args.model, model, tokenizer, overrides)),
     )
     generator.close()
+    variant = "".join(
+        [" (zero experts masked)" if args.mask_zero_experts else ""]
+        + [f" (Top-P routing, p={args.routing_top_p:g})" if args.routing_top_p else ""]
+    )
     out = Path(args.out) if args.out else Path(args.model) / f"eval-{args.suite}"
-    paths = write_report(result, out, f"{Path(args.model).name} on the {args.suite} suite")
+    paths = write_report(result, out, f"{Path(args.model).name}{variant} on the {args.suite} suite")
     print(paths["markdown"].read_text())
     print(f"written to {out}")
     return 0
+
+
+def routing_overrides(mask_zero_experts: bool, routing_top_p: float | None) -> dict:
+    """ZEDA config fields for an evaluated variant of a checkpoint (none: as saved)."""
+    out: dict = {}
+    if mask_zero_experts:
+        out["mask_zero_experts"] = True
+    if routing_top_p is not None:
+        out["routing_top_p"] = routing_top_p
+    return out
+
+
+def is_zeda_checkpoint(path: Path) -> bool:
+    from zeda_rl.models.registry import read_config_dict, zeda_config_class
+
+    return zeda_config_class(read_config_dict(path)) is not None
 
 
 if __name__ == "__main__":

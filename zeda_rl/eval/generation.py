@@ -86,13 +86,24 @@ def close_vllm_engine(llm) -> None:
 class Generator:
     """``generator(prompts, max_new_tokens) -> responses``; ``close()`` frees the engine."""
 
-    def __init__(self, backend: str, model_dir: str, model=None, tokenizer=None):
+    def __init__(
+        self,
+        backend: str,
+        model_dir: str,
+        model=None,
+        tokenizer=None,
+        config_overrides: dict | None = None,
+    ):
+        """``config_overrides``: config fields the served model takes over its config.json
+        (e.g. ``mask_zero_experts``, ``routing_top_p``); the hf backend's ``model`` must
+        have been loaded with the same."""
         if backend not in ("vllm", "hf"):
             raise ValueError(f"eval backend {backend!r}: choose 'vllm' or 'hf'")
         if backend == "hf" and (model is None or tokenizer is None):
             raise ValueError("the hf backend needs the loaded model and tokenizer")
         self.backend, self.model, self.tokenizer = backend, model, tokenizer
-        self.llm = vllm_engine(model_dir) if backend == "vllm" else None
+        extra = {"hf_overrides": dict(config_overrides)} if config_overrides else {}
+        self.llm = vllm_engine(model_dir, **extra) if backend == "vllm" else None
 
     def __call__(self, prompts: list[str], max_new_tokens: int) -> list[str]:
         if self.llm is not None:

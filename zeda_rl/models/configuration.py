@@ -8,6 +8,8 @@ ours                  authors' release   meaning
 num_zero_experts      zce_nums=[N_Z]     zero experts appended at router ids [N, N + N_Z)
 zero_expert_type      zce_types=[type]   "zero" (outputs 0) or "copy" (outputs its input)
 mask_zero_experts     use_zce_mask       zero-expert logits to -inf: the original static MoE
+routing_top_p         -                  Top-P pruning of the real picks (models/top_p.py);
+                                         None: off
 ===================== ================== =====================================================
 """
 
@@ -59,6 +61,9 @@ def _validate_zero_experts(config: Any) -> None:
         )
     if num_real <= 0:
         raise ValueError(f"{name}: a ZEDA model needs routed experts, got {num_real}")
+    top_p = config.routing_top_p
+    if top_p is not None and not (isinstance(top_p, int | float) and 0 < top_p <= 1):
+        raise ValueError(f"{name}.routing_top_p={top_p!r} must be None or in (0, 1]")
     if not 0 < config.num_experts_per_tok <= num_real:
         raise ValueError(
             f"{name}.num_experts_per_tok={config.num_experts_per_tok} must be in [1, {num_real}] "
@@ -74,6 +79,7 @@ class ZedaQwen3MoeConfig(Qwen3MoeConfig):
     num_zero_experts: int | None = None  # default N // 2
     zero_expert_type: str = "zero"
     mask_zero_experts: bool = False
+    routing_top_p: float | None = None
 
     def __post_init__(self, **kwargs):
         _take_author_aliases(self, kwargs)
@@ -97,6 +103,7 @@ class ZedaGlm4MoeLiteConfig(Glm4MoeLiteConfig):
     num_zero_experts: int | None = None  # default N // 2
     zero_expert_type: str = "zero"
     mask_zero_experts: bool = False
+    routing_top_p: float | None = None
 
     def __post_init__(self, **kwargs):
         _take_author_aliases(self, kwargs)

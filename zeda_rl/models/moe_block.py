@@ -13,6 +13,7 @@ from torch import nn
 from transformers.activations import ACT2FN
 from zeda_kernels import grouped_experts_forward, opaque_grouped_experts
 
+from zeda_rl.models.top_p import top_p_prune
 from zeda_rl.models.zero_experts import (
     RouterDecision,
     RoutingState,
@@ -30,9 +31,10 @@ def route_by_config(
     replay_ids: torch.Tensor | None = None,
 ) -> RouterDecision:
     """A ZEDA config's routing of router logits (shared with the vLLM plugin): GLM's sigmoid
-    + correction bias when a bias is given, else Qwen3's softmax."""
+    + correction bias when a bias is given, else Qwen3's softmax; then Top-P pruning when
+    ``config.routing_top_p`` is set (replayed routes are taken as they were recorded)."""
     if correction_bias is not None:
-        return sigmoid_route(
+        decision = sigmoid_route(
             logits,
             correction_bias,
             num_real=config.num_routed_experts,
@@ -42,14 +44,19 @@ def route_by_config(
             mask_zero_experts=config.mask_zero_experts,
             replay_ids=replay_ids,
         )
-    return softmax_route(
-        logits,
-        num_real=config.num_routed_experts,
-        top_k=config.num_experts_per_tok,
-        norm_topk_prob=config.norm_topk_prob,
-        mask_zero_experts=config.mask_zero_experts,
-        replay_ids=replay_ids,
-    )
+    else:
+        decision = softmax_route(
+            logits,
+            num_real=config.num_routed_experts,
+            top_k=config.num_experts_per_tok,
+            norm_topk_prob=config.norm_topk_prob,
+            mask_zero_experts=config.mask_zero_experts,
+            replay_ids=replay_ids,
+        )
+    top_p = getattr(config, "routing_top_p", None)
+    if top_p is not None and replay_ids is None:
+        decision = top_p_prune(decision, num_real=config.num_routed_experts, top_p=top_p)
+    return decision
 
 
 def routed_output(

@@ -109,6 +109,8 @@ def load_zeda_model(model_dir: str | os.PathLike, **kwargs):
         raise ValueError(
             f"{model_dir} is not a ZEDA checkpoint (convert it first: python -m zeda_rl.convert)"
         )
-    config = config_cls.from_pretrained(model_dir)
+    # Config fields among kwargs (mask_zero_experts=True, ...) go to the config, as they do
+    # through AutoModelForCausalLM; the rest to the model.
+    config, kwargs = config_cls.from_pretrained(model_dir, return_unused_kwargs=True, **kwargs)
     lm_cls = next(lm for cfg, lm, *_ in _ARCHITECTURES if cfg is config_cls)
     return lm_cls.from_pretrained(model_dir, config=config, **kwargs)

@@ -1,0 +1,48 @@
+"""Training-free Top-P routing, the cheapest dynamic-MoE baseline (method.md section 7).
+
+A token keeps its real-expert picks, largest gate weight first, until the kept weights
+reach ``top_p`` of its whole real gate mass; the other picks become zero-expert picks
+(skipped by the dispatch, counted by the zero-expert ratio) and the kept weights are
+rescaled to the whole mass, so the token's expert output keeps its scale. ``top_p = 1``
+keeps every pick.
+
+Set ``routing_top_p`` on a ZEDA config together with ``mask_zero_experts=True`` and the
+converted model is the original static MoE under Top-P routing: the baseline ZEDA's
+students are compared with at the same share of skipped expert picks
+(``python -m zeda_rl.eval --mask-zero-experts --routing-top-p P``, ``eval.top_p_baselines``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from zeda_rl.models.zero_experts import RouterDecision
+
+
+def top_p_prune(decision: RouterDecision, *, num_real: int, top_p: float) -> RouterDecision:
+    """``decision`` with each token's real picks cut to the smallest set, by descending
+    weight, whose weight reaches ``top_p`` of the token's real gate mass. Pruned picks get
+    zero-expert id ``num_real`` and weight 0; the loss fields are left as they are."""
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"routing_top_p={top_p} must be in (0, 1]")
+    ids, weights = decision.topk_ids, decision.topk_weights
+    real = ids < num_real
+    mass = torch.where(real, weights.float(), 0.0)
+    total = mass.sum(-1, keepdim=True)
+    order = torch.sort(mass, dim=-1, descending=True, stable=True).indices
+    ranked = mass.gather(-1, order)
+    before = ranked.cumsum(-1) - ranked  # mass of the larger picks ahead of each one
+    keep_ranked = (before < top_p * total) & (ranked > 0)
+    keep = torch.zeros_like(keep_ranked).scatter(-1, order, keep_ranked) & real
+    kept_mass = (mass * keep).sum(-1, keepdim=True)
+    scale = total / kept_mass.clamp_min(torch.finfo(torch.float32).tiny)
+    new_weights = torch.where(keep, weights.float() * scale, 0.0)
+    # Zero picks of a ZEDA router stay what they were (a copy expert keeps its weight).
+    new_weights = torch.where(real, new_weights, weights.float()).to(weights.dtype)
+    new_ids = torch.where(keep | ~real, ids, torch.full_like(ids, num_real))
+    return RouterDecision(
+        topk_ids=new_ids,
+        topk_weights=new_weights,
+        loss_probs=decision.loss_probs,
+        loss_topk_ids=decision.loss_topk_ids,
+    )
