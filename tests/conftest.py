@@ -102,6 +102,33 @@ MOE_CASES = {
 }
 
 
+def assert_model_matches_reference_on(backend: str, family: str, tmp_path, monkeypatch) -> None:
+    """A converted tiny ZEDA model of ``family`` with its experts on ``backend`` ('auto'
+    forced to it): the torch reference's logits and every parameter gradient."""
+    from zeda_kernels import moe_dispatch
+
+    from zeda_rl.convert import convert
+    from zeda_rl.models.registry import load_zeda_model
+
+    build_static_model(family, 0).save_pretrained(tmp_path / "teacher")
+    convert(tmp_path / "teacher", tmp_path / "zeda", log=lambda *_: None)
+    ids = torch.randint(0, 256, (2, 7), generator=torch.Generator().manual_seed(3))
+    results = {}
+    for name in ("torch", backend):
+        monkeypatch.setattr(moe_dispatch, "default_backend", lambda hidden, b=name: b)
+        model = load_zeda_model(str(tmp_path / "zeda"), dtype=torch.float32)
+        out = model(input_ids=ids)
+        out.logits.float().logsumexp(-1).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results[name] = (out.logits.detach(), grads, out.routing)
+    (ref_logits, ref_grads, routing), (logits, grads, _) = results["torch"], results[backend]
+    assert any(float(r.zero_ratio) > 0 for r in routing)
+    assert torch.allclose(logits, ref_logits, atol=1e-5, rtol=0)
+    assert set(grads) == set(ref_grads)
+    for name, grad in ref_grads.items():
+        assert torch.allclose(grads[name], grad, atol=1e-5, rtol=1e-4), name
+
+
 @pytest.fixture(scope="session")
 def static_checkpoints(tmp_path_factory) -> dict[str, Path]:
     """family -> folder of a saved tiny static teacher (seed 0)."""

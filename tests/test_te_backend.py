@@ -13,7 +13,7 @@ import torch
 from zeda_kernels import backend_unavailable, grouped_experts_forward, moe_dispatch
 
 from tests import fake_transformer_engine
-from tests.conftest import MOE_CASES, moe_case
+from tests.conftest import FAMILIES, MOE_CASES, assert_model_matches_reference_on, moe_case
 
 
 @pytest.fixture
@@ -80,29 +80,12 @@ def test_minus_one_drops_would_lose_real_picks(fake_te):
     assert not torch.equal(kept, ids >= 0)
 
 
-def test_zeda_model_through_the_te_backend(fake_te, monkeypatch, static_checkpoints, tmp_path):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_zeda_model_through_the_te_backend(fake_te, monkeypatch, tmp_path, family):
     """A whole ZEDA model's MoE layers through the backend ('auto' picks it on CUDA when
-    kernels.experts_backend=te; forced here): the reference path's logits and gradients."""
-    from zeda_rl.convert import convert
-    from zeda_rl.models.registry import load_zeda_model
-
-    convert(static_checkpoints["glm4_moe_lite"], tmp_path / "zeda", log=lambda *_: None)
-    ids = torch.randint(0, 256, (2, 7), generator=torch.Generator().manual_seed(3))
-    results = {}
-    for backend in ("torch", "te"):
-        monkeypatch.setattr(moe_dispatch, "default_backend", lambda hidden, b=backend: b)
-        model = load_zeda_model(str(tmp_path / "zeda"), dtype=torch.float32)
-        out = model(input_ids=ids)
-        out.logits.logsumexp(-1).sum().backward()
-        grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
-        results[backend] = (out.logits.detach(), grads, out.routing)
-    (ref, ref_grads, routing), (logits, grads, _) = results["torch"], results["te"]
+    kernels.experts_backend=te): the reference path's logits and gradients."""
+    assert_model_matches_reference_on("te", family, tmp_path, monkeypatch)
     assert fake_te.gemm_rows  # the MoE layers went through TE
-    assert any(float(r.zero_ratio) > 0 for r in routing)
-    assert torch.allclose(logits, ref, atol=1e-5, rtol=0)
-    assert set(grads) == set(ref_grads)
-    for name, grad in ref_grads.items():
-        assert torch.allclose(grads[name], grad, atol=1e-5, rtol=1e-4), name
 
 
 def test_te_needs_the_index_map(fake_te):

@@ -147,27 +147,7 @@ def test_only_silu_experts():
 @pytest.mark.parametrize("family", ["qwen3_moe", "glm4_moe_lite"])
 def test_zeda_model_through_the_fused_kernels(tmp_path, monkeypatch, family):
     """The transformers ZEDA model with its experts on the fused kernels ('auto' picks them
-    on CUDA; forced here): the reference path's logits and gradients."""
-    from zeda_kernels import moe_dispatch
+    on CUDA): the reference path's logits and gradients."""
+    from tests.conftest import assert_model_matches_reference_on
 
-    from tests.conftest import build_static_model
-    from zeda_rl.convert import convert
-    from zeda_rl.models.registry import load_zeda_model
-
-    build_static_model(family, 0).save_pretrained(tmp_path / "teacher")
-    convert(tmp_path / "teacher", tmp_path / "zeda", log=lambda *_: None)
-    ids = torch.randint(0, 256, (2, 7), generator=torch.Generator().manual_seed(3))
-    results = {}
-    for backend in ("torch", "triton"):
-        monkeypatch.setattr(moe_dispatch, "default_backend", lambda hidden, b=backend: b)
-        model = load_zeda_model(str(tmp_path / "zeda"), dtype=torch.float32)
-        out = model(input_ids=ids)
-        out.logits.float().logsumexp(-1).sum().backward()
-        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        results[backend] = (out.logits.detach(), grads, out.routing)
-    (ref_logits, ref_grads, routing), (logits, grads, _) = results["torch"], results["triton"]
-    assert any(float(r.zero_ratio) > 0 for r in routing)
-    assert torch.allclose(logits, ref_logits, atol=1e-5, rtol=0)
-    assert set(grads) == set(ref_grads)
-    for name, grad in ref_grads.items():
-        assert torch.allclose(grads[name], grad, atol=1e-5, rtol=1e-4), name
+    assert_model_matches_reference_on("triton", family, tmp_path, monkeypatch)

@@ -73,25 +73,11 @@ def routed_output(
     """The routed experts' weighted output for one routing decision (shared with the vLLM
     plugin): real picks through the grouped dispatch, zero picks skipped. ``opaque`` runs
     the (SiLU) experts as one custom op that graph compilers do not trace (vLLM)."""
+    experts = (hidden, decision.topk_ids, decision.topk_weights, gate_up_proj, down_proj)
     if opaque:
-        out = opaque_grouped_experts(
-            hidden,
-            decision.topk_ids,
-            decision.topk_weights,
-            gate_up_proj,
-            down_proj,
-            num_real_experts=num_real,
-        )
+        out = opaque_grouped_experts(*experts, num_real_experts=num_real)
     else:
-        out = grouped_experts_forward(
-            hidden,
-            decision.topk_ids,
-            decision.topk_weights,
-            gate_up_proj,
-            down_proj,
-            num_real_experts=num_real,
-            activation=activation,
-        )
+        out = grouped_experts_forward(*experts, num_real_experts=num_real, activation=activation)
     if zero_expert_type == "copy":
         # MoE++ copy experts return their input: add weight * x, still no matmul.
         copy_weight = (decision.topk_weights * (decision.topk_ids >= num_real)).sum(-1)
