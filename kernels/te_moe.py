@@ -95,7 +95,6 @@ def te_experts(
     if not is_silu(activation):
         raise ValueError("the te experts backend implements SiLU-gated experts only")
     te = _te()
-    tokens, _ = topk_ids.shape
     real = topk_ids < num_real
     num_picks = int(real.sum())
     if num_picks == 0:
