@@ -117,3 +117,15 @@ def test_unavailable_backends_say_why(monkeypatch):
     assert "unknown experts backend" in backend_unavailable("cutlass", cuda=True)
     if importlib.util.find_spec("transformer_engine") is None:  # CPU machines: never there
         assert "needs transformer-engine" in backend_unavailable("te", cuda=True)
+
+
+def test_the_backend_choice_reaches_every_actor():
+    """kernels.experts_backend travels to Ray's actors (and the vLLM processes they start)
+    as the environment variable auto reads; 'auto' adds nothing."""
+    from zeda_rl.config import RunConfig
+    from zeda_rl.orchestrator import _runtime_env
+
+    cfg = RunConfig()
+    assert _runtime_env(cfg) is None
+    cfg.kernels.experts_backend = "te"
+    assert _runtime_env(cfg) == {"env_vars": {moe_dispatch.BACKEND_ENV: "te"}}
