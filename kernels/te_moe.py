@@ -96,13 +96,14 @@ def te_experts(
         raise ValueError("the te experts backend implements SiLU-gated experts only")
     te = _te()
     real = topk_ids < num_real
-    num_picks = int(real.sum())
+    ids = torch.where(real, topk_ids, num_real).to(torch.int32)
+    # Real picks per expert (the sentinels land in the dropped last bin): the one host sync.
+    m_splits = torch.bincount(ids.reshape(-1), minlength=num_real + 1).tolist()[:num_real]
+    num_picks = sum(m_splits)
     if num_picks == 0:
         # TE reads num_out_tokens=0 as "keep all"; with nothing to compute, return zeros that
         # stay connected to the graph (the routing weights get zero gradient).
         return torch.zeros_like(hidden) + 0.0 * topk_weights.sum().to(hidden.dtype)
-    ids = torch.where(real, topk_ids, num_real).to(torch.int32)
-    m_splits = torch.bincount(ids[real], minlength=num_real).tolist()
     rows, row_map = te.moe_permute(
         hidden.contiguous(), ids, num_out_tokens=num_picks, map_type="index"
     )

@@ -60,6 +60,7 @@ def _local_checks(
 
     from zeda_rl.losses import group_aux_loss, target_zero_ratio
     from zeda_rl.models import zero_expert_ratio
+    from zeda_rl.models.top_p import routing_overrides
 
     t0 = time.perf_counter()
     teacher = AutoModelForCausalLM.from_pretrained(teacher_dir).eval()
@@ -104,7 +105,7 @@ def _local_checks(
         for p in cfg.eval.top_p_baselines:
             # The teacher under Top-P routing: the student's checkpoint with its zero
             # experts masked (exactly the teacher), picks pruned at p.
-            overrides = {"mask_zero_experts": True, "routing_top_p": float(p)}
+            overrides = routing_overrides(mask_zero_experts=True, routing_top_p=p)
             baseline = AutoModelForCausalLM.from_pretrained(student_dir, **overrides).eval()
             before[f"top_p_{p:g}"] = _evaluate(
                 f"top_p_{p:g}", baseline, student_dir, teacher, cfg, run_dir, overrides

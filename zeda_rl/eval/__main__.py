@@ -48,7 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.routing_top_p is not None and not 0 < args.routing_top_p <= 1:
         print(f"error: --routing-top-p {args.routing_top_p}: must be in (0, 1]", file=sys.stderr)
         return 2
-    overrides = routing_overrides(args.mask_zero_experts, args.routing_top_p)
+    from zeda_rl.models.top_p import routing_overrides
+
+    overrides = routing_overrides(
+        mask_zero_experts=args.mask_zero_experts, routing_top_p=args.routing_top_p
+    )
     if overrides and not is_zeda_checkpoint(Path(args.model)):
         print(
             f"error: --mask-zero-experts / --routing-top-p need a ZEDA checkpoint; {args.model} "
@@ -79,25 +83,14 @@ def main(argv: list[str] | None = None) -> int:
         generate=(generator := Generator(args.backend, args.model, model, tokenizer, overrides)),
     )
     generator.close()
-    variant = "".join(
-        [" (zero experts masked)" if args.mask_zero_experts else ""]
-        + [f" (Top-P routing, p={args.routing_top_p:g})" if args.routing_top_p else ""]
-    )
+    variant = " (zero experts masked)" if args.mask_zero_experts else ""
+    if args.routing_top_p is not None:
+        variant += f" (Top-P routing, p={args.routing_top_p:g})"
     out = Path(args.out) if args.out else Path(args.model) / f"eval-{args.suite}"
     paths = write_report(result, out, f"{Path(args.model).name}{variant} on the {args.suite} suite")
     print(paths["markdown"].read_text())
     print(f"written to {out}")
     return 0
-
-
-def routing_overrides(mask_zero_experts: bool, routing_top_p: float | None) -> dict:
-    """ZEDA config fields for an evaluated variant of a checkpoint (none: as saved)."""
-    out: dict = {}
-    if mask_zero_experts:
-        out["mask_zero_experts"] = True
-    if routing_top_p is not None:
-        out["routing_top_p"] = routing_top_p
-    return out
 
 
 def is_zeda_checkpoint(path: Path) -> bool:

@@ -46,3 +46,14 @@ def top_p_prune(decision: RouterDecision, *, num_real: int, top_p: float) -> Rou
         loss_probs=decision.loss_probs,
         loss_topk_ids=decision.loss_topk_ids,
     )
+
+
+def routing_overrides(*, mask_zero_experts: bool = False, routing_top_p: float | None = None):
+    """The ZEDA config fields of an evaluated routing variant of a checkpoint, for
+    ``from_pretrained(dir, **fields)`` and vLLM's ``hf_overrides`` (empty: as saved)."""
+    fields: dict = {}
+    if mask_zero_experts:
+        fields["mask_zero_experts"] = True
+    if routing_top_p is not None:
+        fields["routing_top_p"] = float(routing_top_p)
+    return fields
