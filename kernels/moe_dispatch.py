@@ -226,6 +226,8 @@ def grouped_experts_forward(
         raise ValueError(
             f"unknown experts backend {backend!r}; available: auto, {sorted(EXPERT_BACKENDS)}"
         ) from None
+    if backend != "torch" and not is_silu(activation):
+        raise ValueError(f"the {backend} experts backend implements SiLU-gated experts only")
     return impl(
         hidden, topk_ids, topk_weights, gate_up_proj, down_proj, num_real_experts, activation
     )
@@ -233,37 +235,23 @@ def grouped_experts_forward(
 
 # Registered at import (a compiler tracing the model must find the op, not its definition).
 @torch.library.custom_op("zeda_kernels::grouped_experts", mutates_args=())
-def _grouped_experts_op(
-    hidden: torch.Tensor,
-    topk_ids: torch.Tensor,
-    topk_weights: torch.Tensor,
-    gate_up_proj: torch.Tensor,
-    down_proj: torch.Tensor,
-    num_real_experts: int,
-) -> torch.Tensor:
-    return grouped_experts_forward(
-        hidden, topk_ids, topk_weights, gate_up_proj, down_proj, num_real_experts=num_real_experts
-    )
-
-
-@_grouped_experts_op.register_fake
-def _(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, num_real_experts):
-    return torch.empty_like(hidden)
-
-
 def opaque_grouped_experts(
     hidden: torch.Tensor,
     topk_ids: torch.Tensor,
     topk_weights: torch.Tensor,
     gate_up_proj: torch.Tensor,
     down_proj: torch.Tensor,
-    *,
     num_real_experts: int,
 ) -> torch.Tensor:
     """``grouped_experts_forward`` (SiLU experts, ``auto`` backend) as one custom op, for
     engines that compile the model (vLLM's torch.compile): the compiler sees a tensor of
     ``hidden``'s shape, and the data-dependent grouping inside (how many picks each expert
     got) runs eagerly. Inference only: the op has no autograd."""
-    return _grouped_experts_op(
-        hidden, topk_ids, topk_weights, gate_up_proj, down_proj, num_real_experts
+    return grouped_experts_forward(
+        hidden, topk_ids, topk_weights, gate_up_proj, down_proj, num_real_experts=num_real_experts
     )
+
+
+@opaque_grouped_experts.register_fake
+def _(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, num_real_experts):
+    return torch.empty_like(hidden)

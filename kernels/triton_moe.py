@@ -30,7 +30,6 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
-from zeda_kernels.moe_dispatch import is_silu
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -707,9 +706,8 @@ def fused_experts(
     num_real: int,
     activation,
 ) -> torch.Tensor:
-    """``EXPERT_BACKENDS["triton"]``: differentiable, SiLU-gated experts only."""
-    if not is_silu(activation):
-        raise ValueError("the triton experts backend implements SiLU-gated experts only")
+    """``EXPERT_BACKENDS["triton"]``: differentiable, SiLU-gated experts only (the
+    dispatcher checks ``activation``)."""
     return _FusedExperts.apply(
         hidden, topk_ids, topk_weights.reshape(-1), gate_up_proj, down_proj, num_real
     )

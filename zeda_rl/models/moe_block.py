@@ -75,7 +75,7 @@ def routed_output(
     the (SiLU) experts as one custom op that graph compilers do not trace (vLLM)."""
     experts = (hidden, decision.topk_ids, decision.topk_weights, gate_up_proj, down_proj)
     if opaque:
-        out = opaque_grouped_experts(*experts, num_real_experts=num_real)
+        out = opaque_grouped_experts(*experts, num_real)
     else:
         out = grouped_experts_forward(*experts, num_real_experts=num_real, activation=activation)
     if zero_expert_type == "copy":
