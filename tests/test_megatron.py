@@ -50,15 +50,16 @@ def megatron_world():
     dist.destroy_process_group()
 
 
-def _pair(zeda_dir: Path):
-    """The transformers model and a megatron model with the same weights."""
+def _pair(zeda_dir: Path, **config_fields):
+    """The transformers model and a megatron model with the same weights (and config, with
+    ``config_fields`` over the checkpoint's)."""
     from zeda_rl.models.registry import load_zeda_model
     from zeda_rl.models.zero_experts import RoutingState
     from zeda_rl.trainer.megatron.backend import load_hf_state
     from zeda_rl.trainer.megatron.convert import hf_to_megatron
     from zeda_rl.trainer.megatron.model import build_gpt_model
 
-    hf = load_zeda_model(str(zeda_dir), dtype=torch.float32).eval()
+    hf = load_zeda_model(str(zeda_dir), dtype=torch.float32, **config_fields).eval()
     state = RoutingState()
     mg = build_gpt_model(hf.config, state)
     missing, unexpected = mg.load_state_dict(
@@ -168,6 +169,29 @@ def test_megatron_matches_transformers(zeda_dirs, megatron_world, family):
     assert float(group_aux_loss(records, **kw)) == pytest.approx(
         float(group_aux_loss(ref.routing, **kw)), rel=1e-5
     )
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_megatron_router_honours_the_routing_variants(zeda_dirs, megatron_world, family):
+    """The compute dial and static top-K' through the megatron router: the transformers
+    model's choices exactly, and the dial really moves the zero share."""
+    ids = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(2))
+    shares = {}
+    for name, fields in {
+        "plain": {},
+        "dial": {"zero_expert_bias": 0.5},
+        "static": {"mask_zero_experts": True, "routing_top_k": 1},
+    }.items():
+        hf, mg, state = _pair(zeda_dirs[family], **fields)
+        with torch.no_grad():
+            ref = hf(input_ids=ids)
+            logits, records = _forward(mg, state, ids)
+        assert (logits - ref.logits).abs().max().item() <= LOGIT_TOLERANCE
+        for mine, theirs in zip(records, ref.routing, strict=True):
+            assert torch.equal(mine.topk_ids, theirs.topk_ids)
+        shares[name] = sum(float(r.zero_ratio) for r in records) / len(records)
+    assert shares["dial"] > shares["plain"]
+    assert shares["static"] == pytest.approx(1 - 1 / hf.config.num_experts_per_tok)
 
 
 def test_megatron_routing_replay(zeda_dirs, megatron_world):

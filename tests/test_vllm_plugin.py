@@ -87,12 +87,16 @@ def test_vllm_block_weight_errors(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("kind", ["zeda", "zeda_compiled", "top_p_baseline", "teacher"])
+@pytest.mark.parametrize(
+    "kind", ["zeda", "zeda_compiled", "top_p_baseline", "static_top_k", "zero_bias", "teacher"]
+)
 def test_vllm_serves_checkpoint_with_transformers_logprobs(tmp_path, family, kind):
     """``zeda``: the plugin's model; ``zeda_compiled``: the same under vLLM's default
     torch.compile (as ``vllm serve`` runs it: the experts' data-dependent grouping must stay
     out of the graph); ``top_p_baseline``: zero experts masked and Top-P routing, set
-    through vLLM's hf_overrides; ``teacher``: vLLM's own static model, which the teacher
+    through vLLM's hf_overrides (``static_top_k``: static top-1; ``zero_bias``: the compute
+    dial at +0.5, whose served routes are also checked against transformers' expert ids);
+    ``teacher``: vLLM's own static model, which the teacher
     actor serves (on CPU it relies on the plugin's rotary-embedding shim for GLM's MLA)."""
     from vllm import SamplingParams
 
@@ -103,9 +107,18 @@ def test_vllm_serves_checkpoint_with_transformers_logprobs(tmp_path, family, kin
     extra = {}
     if kind == "teacher":
         model = AutoModelForCausalLM.from_pretrained(tmp_path / "teacher").eval()
-    if kind == "top_p_baseline":
-        extra["hf_overrides"] = {"mask_zero_experts": True, "routing_top_p": 0.5}
+    overrides = {
+        "top_p_baseline": {"mask_zero_experts": True, "routing_top_p": 0.5},
+        "static_top_k": {"mask_zero_experts": True, "routing_top_k": 1},
+        "zero_bias": {"zero_expert_bias": 0.5},
+    }
+    if kind in overrides:
+        extra["hf_overrides"] = overrides[kind]
         model = load_zeda_model(tmp_path / "zeda", **extra["hf_overrides"]).eval()
+    if kind == "zero_bias":
+        from zeda_rl.vllm_plugin.worker import WORKER_EXTENSION
+
+        extra |= {"worker_extension_cls": WORKER_EXTENSION, "enable_prefix_caching": False}
     llm = vllm_engine(
         str(tmp_path / ("teacher" if kind == "teacher" else "zeda")),
         skip_tokenizer_init=True,
@@ -113,13 +126,32 @@ def test_vllm_serves_checkpoint_with_transformers_logprobs(tmp_path, family, kin
         enforce_eager=kind != "zeda_compiled",
         **extra,
     )
+    routes = None
     try:
+        if kind == "zero_bias":
+            llm.collective_rpc("zeda_enable_route_capture")
         g = torch.Generator().manual_seed(0)
         prompts = [torch.randint(5, 250, (n,), generator=g).tolist() for n in (5, 9, 13)]
         params = SamplingParams(temperature=0.0, max_tokens=8, logprobs=0, detokenize=False)
         outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        if kind == "zero_bias":
+            (routes,) = llm.collective_rpc("zeda_take_routes")
     finally:
         close_vllm_engine(llm)
+    if routes is not None:
+        import numpy as np
+
+        served = {
+            tuple(np.frombuffer(t, np.int64).tolist()): np.frombuffer(r, np.int16).reshape(s)
+            for t, r, s in routes
+        }
+        for prompt, out in zip(prompts, outputs, strict=True):
+            fed = prompt + list(out.outputs[0].token_ids)[:-1]
+            with torch.no_grad():
+                hf = model(input_ids=torch.tensor([fed]))
+            expected = torch.stack([r.topk_ids for r in hf.routing], 1).sort(-1).values
+            got = torch.from_numpy(served[tuple(fed)].astype(np.int64)).sort(-1).values
+            assert torch.equal(got, expected)
     ratios = []
     for prompt, out in zip(prompts, outputs, strict=True):
         ids = list(out.outputs[0].token_ids)

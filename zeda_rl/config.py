@@ -35,6 +35,12 @@ class EvalConfig:
     # Training-free Top-P routing baselines (zeda_rl/models/top_p.py): the teacher under
     # Top-P at each p, evaluated beside it before adaptation.
     top_p_baselines: list[float] = field(default_factory=list)
+    # After adaptation: the adapted student against the teacher, Top-P at each
+    # ``frontier_top_p`` and static top-K' (K' < K), all on held-out items of the prompt
+    # mix's task families, pooled over response tokens (zeda_rl/eval/frontier.py).
+    frontier: bool = False
+    frontier_top_p: list[float] = field(default_factory=lambda: [0.9, 0.8, 0.7, 0.6, 0.5])
+    frontier_items: int = 240
 
 
 @dataclass

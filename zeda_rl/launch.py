@@ -9,6 +9,8 @@ Dataflow (stages marked * arrive with the distributed pipeline)::
         --* stage 1: SFT on teacher rollouts + GAL
         --* stage 2: on-policy distillation (teacher log-probs, PPO clip) + GAL
         --* evaluation after adaptation
+        --* quality frontier (eval.frontier): the adapted student against the teacher,
+            Top-P and static top-K' at its share of skipped picks, on held-out items
 """
 
 from __future__ import annotations
@@ -159,6 +161,12 @@ def run(cfg: RunConfig, run_dir: Path) -> dict:
                 "student": _evaluate("student_adapted", adapted, final, teacher, cfg, run_dir)
             }
             timings["eval_after"] = time.perf_counter() - t0
+            if cfg.eval.frontier:
+                t0 = time.perf_counter()
+                summary["frontier"] = _frontier(
+                    cfg, teacher, teacher_dir, student_dir, final, run_dir
+                )
+                timings["frontier"] = time.perf_counter() - t0
     summary["seconds"] = {k: round(v, 2) for k, v in timings.items()}
     return summary
 
@@ -199,6 +207,50 @@ def _evaluate(
         out["reverse_kl"] = s["reverse_kl"] and round(s["reverse_kl"], 4)
         out["top1_agreement"] = s["top1_agreement"] and round(s["top1_agreement"], 4)
     return out
+
+
+def _frontier(
+    cfg: RunConfig, teacher, teacher_dir: Path, student_dir: Path, final: Path, run_dir: Path
+) -> dict:
+    """The adapted student and the training-free baselines on held-out items of the prompt
+    mix's families (zeda_rl/eval/frontier.py); written to <run>/frontier/."""
+    from zeda_rl.eval.frontier import (
+        Variant,
+        baseline_variants,
+        compact_lines,
+        evaluate_variant,
+        write_frontier,
+    )
+    from zeda_rl.eval.harness import indomain_items
+
+    families = list(cfg.prompts.mix)
+    items = indomain_items(families, cfg.eval.frontier_items)
+    variants = baseline_variants(
+        str(teacher_dir),
+        str(student_dir),
+        teacher.config.num_experts_per_tok,
+        cfg.eval.frontier_top_p,
+    ) + [Variant("zeda", "student", str(final), seed=cfg.seed)]
+    out = run_dir / "frontier"
+    points = [
+        evaluate_variant(
+            v,
+            teacher,
+            items,
+            backend=cfg.eval.backend,
+            out_dir=out / v.label.replace(" ", "_"),
+            log=lambda _: None,
+        )
+        for v in variants
+    ]
+    title = f"Quality frontier: {len(items)} held-out items of {', '.join(families)}"
+    write_frontier(points, out, title)
+    return {
+        "suite": f"indomain ({', '.join(families)})",
+        "items": len(items),
+        "points": points,
+        "compact": compact_lines(points),
+    }
 
 
 def _dry_run(cfg: RunConfig, run_dir: Path) -> None:
@@ -264,6 +316,13 @@ def format_summary(summary: dict, run_dir: Path) -> str:
             if bench.startswith("task/"):
                 values = "  ".join(f"{n} {acc[bench]:.0%}" for n, acc in task_rows)
                 lines.append(f"  {bench:16s}{values}")
+    frontier = summary.get("frontier")
+    if frontier and frontier.get("compact"):
+        lines.append(
+            f"at the student's share of skipped picks, {frontier['items']} held-out "
+            f"{frontier['suite']} items (full table: frontier/frontier.md):"
+        )
+        lines += ["  " + line for line in frontier["compact"]]
     pipe = summary.get("pipeline")
     if pipe:
         lines.append(

@@ -62,13 +62,25 @@ def validate(cfg: RunConfig) -> None:
         _fail(f"model.zero_expert_type={m.zero_expert_type!r}: 'zero' or 'copy'")
     if m.num_zero_experts is not None and m.num_zero_experts < 1:
         _fail(f"model.num_zero_experts={m.num_zero_experts} must be >= 1")
-    if cfg.eval.suite not in ("tiny", "full"):
-        _fail(f"eval.suite={cfg.eval.suite!r}: 'tiny' or 'full'")
+    if cfg.eval.suite not in ("tiny", "full", "benchmarks"):
+        _fail(f"eval.suite={cfg.eval.suite!r}: 'tiny', 'full' or 'benchmarks'")
     if cfg.eval.backend not in ("vllm", "hf"):
         _fail(f"eval.backend={cfg.eval.backend!r}: 'vllm' or 'hf'")
-    bad_p = [p for p in cfg.eval.top_p_baselines if not 0 < p <= 1]
-    if bad_p:
-        _fail(f"eval.top_p_baselines={list(cfg.eval.top_p_baselines)}: {bad_p} not in (0, 1]")
+    for name in ("top_p_baselines", "frontier_top_p"):
+        values = list(getattr(cfg.eval, name))
+        if bad_p := [p for p in values if not 0 < p <= 1]:
+            _fail(f"eval.{name}={values}: {bad_p} not in (0, 1]")
+    if cfg.eval.frontier:
+        from zeda_rl.eval.harness import TASK_BUDGETS
+
+        no_suite = [f for f in cfg.prompts.mix if f not in TASK_BUDGETS]
+        if no_suite:
+            _fail(
+                f"eval.frontier=true: prompt families {no_suite} have no held-out task suite "
+                f"(families with one: {sorted(TASK_BUDGETS)})"
+            )
+        if cfg.eval.frontier_items < len(cfg.prompts.mix):
+            _fail(f"eval.frontier_items={cfg.eval.frontier_items}: fewer than one per family")
 
     if planning_only:
         arch = ARCHITECTURES[m.architecture]

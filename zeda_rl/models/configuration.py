@@ -10,11 +10,17 @@ zero_expert_type      zce_types=[type]   "zero" (outputs 0) or "copy" (outputs i
 mask_zero_experts     use_zce_mask       zero-expert logits to -inf: the original static MoE
 routing_top_p         -                  Top-P pruning of the real picks (models/top_p.py);
                                          None: off
+routing_top_k         -                  static top-K' pruning of the real picks (K' < K;
+                                         models/top_p.py); None: off
+zero_expert_bias      -                  the compute dial: added to the zero experts'
+                                         selection scores (models/zero_experts.py); 0: as
+                                         trained
 ===================== ================== =====================================================
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from transformers import Glm4MoeLiteConfig, Qwen3MoeConfig
@@ -64,6 +70,19 @@ def _validate_zero_experts(config: Any) -> None:
     top_p = config.routing_top_p
     if top_p is not None and not (isinstance(top_p, int | float) and 0 < top_p <= 1):
         raise ValueError(f"{name}.routing_top_p={top_p!r} must be None or in (0, 1]")
+    top_k = config.routing_top_k
+    if top_k is not None and not (
+        isinstance(top_k, int)
+        and not isinstance(top_k, bool)
+        and 0 < top_k <= config.num_experts_per_tok
+    ):
+        raise ValueError(
+            f"{name}.routing_top_k={top_k!r} must be None or an int in "
+            f"[1, {config.num_experts_per_tok}] (num_experts_per_tok)"
+        )
+    bias = config.zero_expert_bias
+    if not (isinstance(bias, int | float) and not isinstance(bias, bool) and math.isfinite(bias)):
+        raise ValueError(f"{name}.zero_expert_bias={bias!r} must be a finite number")
     if not 0 < config.num_experts_per_tok <= num_real:
         raise ValueError(
             f"{name}.num_experts_per_tok={config.num_experts_per_tok} must be in [1, {num_real}] "
@@ -80,6 +99,8 @@ class ZedaQwen3MoeConfig(Qwen3MoeConfig):
     zero_expert_type: str = "zero"
     mask_zero_experts: bool = False
     routing_top_p: float | None = None
+    routing_top_k: int | None = None
+    zero_expert_bias: float = 0.0
 
     def __post_init__(self, **kwargs):
         _take_author_aliases(self, kwargs)
@@ -104,6 +125,8 @@ class ZedaGlm4MoeLiteConfig(Glm4MoeLiteConfig):
     zero_expert_type: str = "zero"
     mask_zero_experts: bool = False
     routing_top_p: float | None = None
+    routing_top_k: int | None = None
+    zero_expert_bias: float = 0.0
 
     def __post_init__(self, **kwargs):
         _take_author_aliases(self, kwargs)

@@ -13,7 +13,7 @@ from torch import nn
 from transformers.activations import ACT2FN
 from zeda_kernels import grouped_experts_forward, opaque_grouped_experts
 
-from zeda_rl.models.top_p import top_p_prune
+from zeda_rl.models.top_p import static_top_k_prune, top_p_prune
 from zeda_rl.models.zero_experts import (
     RouterDecision,
     RoutingState,
@@ -31,8 +31,11 @@ def route_by_config(
     replay_ids: torch.Tensor | None = None,
 ) -> RouterDecision:
     """A ZEDA config's routing of router logits (shared with the vLLM plugin): GLM's sigmoid
-    + correction bias when a bias is given, else Qwen3's softmax; then Top-P pruning when
-    ``config.routing_top_p`` is set (replayed routes are taken as they were recorded)."""
+    + correction bias when a bias is given, else Qwen3's softmax, with the zero experts'
+    selection biased by ``config.zero_expert_bias``; then Top-P / static top-K' pruning when
+    ``config.routing_top_p`` / ``routing_top_k`` is set (replayed routes are taken as they
+    were recorded)."""
+    zero_bias = float(getattr(config, "zero_expert_bias", 0.0) or 0.0)
     if correction_bias is not None:
         decision = sigmoid_route(
             logits,
@@ -43,6 +46,7 @@ def route_by_config(
             routed_scaling_factor=config.routed_scaling_factor,
             mask_zero_experts=config.mask_zero_experts,
             replay_ids=replay_ids,
+            zero_bias=zero_bias,
         )
     else:
         decision = softmax_route(
@@ -52,10 +56,14 @@ def route_by_config(
             norm_topk_prob=config.norm_topk_prob,
             mask_zero_experts=config.mask_zero_experts,
             replay_ids=replay_ids,
+            zero_bias=zero_bias,
         )
     top_p = getattr(config, "routing_top_p", None)
     if top_p is not None and replay_ids is None:
         decision = top_p_prune(decision, num_real=config.num_routed_experts, top_p=top_p)
+    top_k = getattr(config, "routing_top_k", None)
+    if top_k is not None and replay_ids is None:
+        decision = static_top_k_prune(decision, num_real=config.num_routed_experts, top_k=top_k)
     return decision
 
 

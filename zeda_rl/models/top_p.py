@@ -1,4 +1,5 @@
-"""Training-free Top-P routing, the cheapest dynamic-MoE baseline (method.md section 7).
+"""Training-free routing baselines: Top-P, the cheapest dynamic-MoE baseline (method.md
+section 7), and static top-K' (every token keeps its K' < K largest picks).
 
 A token keeps its real-expert picks, largest gate weight first, until the kept weights
 reach ``top_p`` of its whole real gate mass; the other picks become zero-expert picks
@@ -25,14 +26,37 @@ def top_p_prune(decision: RouterDecision, *, num_real: int, top_p: float) -> Rou
     zero-expert id ``num_real`` and weight 0; the loss fields are left as they are."""
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"routing_top_p={top_p} must be in (0, 1]")
+
+    def keep(ranked: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+        before = ranked.cumsum(-1) - ranked  # mass of the larger picks ahead of each one
+        return before < top_p * total
+
+    return _prune(decision, num_real, keep)
+
+
+def static_top_k_prune(decision: RouterDecision, *, num_real: int, top_k: int) -> RouterDecision:
+    """``decision`` with each token's real picks cut to its ``top_k`` largest (static top-K',
+    the cheapest fixed-compute baseline: exactly 1 - K'/K of the slots skipped on a static
+    MoE). Kept weights are rescaled to the whole mass, as Top-P's are."""
+    if top_k < 1:
+        raise ValueError(f"routing_top_k={top_k} must be >= 1")
+
+    def keep(ranked: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+        return torch.arange(ranked.shape[-1], device=ranked.device) < top_k
+
+    return _prune(decision, num_real, keep)
+
+
+def _prune(decision: RouterDecision, num_real: int, keep_ranked_fn) -> RouterDecision:
+    """Keep the real picks that ``keep_ranked_fn(ranked_mass, total_mass)`` selects among a
+    token's picks sorted by descending weight; the rest become zero-expert picks."""
     ids, weights = decision.topk_ids, decision.topk_weights
     real = ids < num_real
     mass = torch.where(real, weights.float(), 0.0)
     total = mass.sum(-1, keepdim=True)
     order = torch.sort(mass, dim=-1, descending=True, stable=True).indices
     ranked = mass.gather(-1, order)
-    before = ranked.cumsum(-1) - ranked  # mass of the larger picks ahead of each one
-    keep_ranked = (before < top_p * total) & (ranked > 0)
+    keep_ranked = keep_ranked_fn(ranked, total) & (ranked > 0)
     keep = torch.zeros_like(keep_ranked).scatter(-1, order, keep_ranked) & real
     kept_mass = (mass * keep).sum(-1, keepdim=True)
     scale = total / kept_mass.clamp_min(torch.finfo(torch.float32).tiny)
@@ -48,7 +72,13 @@ def top_p_prune(decision: RouterDecision, *, num_real: int, top_p: float) -> Rou
     )
 
 
-def routing_overrides(*, mask_zero_experts: bool = False, routing_top_p: float | None = None):
+def routing_overrides(
+    *,
+    mask_zero_experts: bool = False,
+    routing_top_p: float | None = None,
+    routing_top_k: int | None = None,
+    zero_expert_bias: float | None = None,
+) -> dict:
     """The ZEDA config fields of an evaluated routing variant of a checkpoint, for
     ``from_pretrained(dir, **fields)`` and vLLM's ``hf_overrides`` (empty: as saved)."""
     fields: dict = {}
@@ -56,4 +86,8 @@ def routing_overrides(*, mask_zero_experts: bool = False, routing_top_p: float |
         fields["mask_zero_experts"] = True
     if routing_top_p is not None:
         fields["routing_top_p"] = float(routing_top_p)
+    if routing_top_k is not None:
+        fields["routing_top_k"] = int(routing_top_k)
+    if zero_expert_bias is not None:
+        fields["zero_expert_bias"] = float(zero_expert_bias)
     return fields

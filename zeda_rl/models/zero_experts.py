@@ -9,6 +9,13 @@ not redistributed (the dispatch simply skips those slots).
 ``mask_zero_experts`` sends zero experts out of the competition (logits / choice scores
 to -inf), which turns the model back into the original static MoE exactly.
 
+``zero_bias`` is the serve-time compute dial: it is added to the zero experts' *selection*
+scores only (Qwen3: their log-probabilities; GLM: score + correction bias), so a positive
+value lets zero experts win more of the K slots. The weights of the chosen slots are the
+unbiased ones, renormalised over the K slots as always, so a chosen real expert is weighted
+exactly as the checkpoint would weight it next to the same companions. 0 is the model as
+trained (bit-exact: the bias is not even added).
+
 Besides the routing decision, each router returns what the Group Auxiliary Loss needs
 (``loss_probs``, ``loss_topk_ids``), so GAL statistics come from the same forward.
 """
@@ -43,6 +50,13 @@ def _mask_zero_columns(scores: torch.Tensor, num_real: int, fill: float) -> torc
     return scores.masked_fill(column, fill)
 
 
+def _bias_zero_columns(scores: torch.Tensor, num_real: int, bias: float) -> torch.Tensor:
+    if bias == 0.0:
+        return scores
+    column = torch.arange(scores.shape[-1], device=scores.device) >= num_real
+    return scores + column.to(scores.dtype) * bias
+
+
 def _replayed(replay_ids: torch.Tensor, num_tokens: int, top_k: int) -> torch.Tensor:
     if replay_ids.shape != (num_tokens, top_k):
         raise ValueError(
@@ -59,12 +73,18 @@ def softmax_route(
     norm_topk_prob: bool,
     mask_zero_experts: bool,
     replay_ids: torch.Tensor | None = None,
+    zero_bias: float = 0.0,
 ) -> RouterDecision:
     """Qwen3-MoE routing: softmax over all N + N_Z logits, top-K, renormalise over K slots."""
     if mask_zero_experts:
         logits = _mask_zero_columns(logits, num_real, float("-inf"))
     probs = F.softmax(logits, dim=-1, dtype=router_dtype(logits))
-    if replay_ids is None:
+    if replay_ids is None and zero_bias != 0.0 and not mask_zero_experts:
+        # Rank by biased log-probabilities; weigh the chosen slots by the unbiased ones.
+        choice = _bias_zero_columns(torch.log(probs), num_real, zero_bias)
+        topk_ids = torch.topk(choice, top_k, dim=-1)[1]
+        top_probs = probs.gather(1, topk_ids)
+    elif replay_ids is None:
         top_probs, topk_ids = torch.topk(probs, top_k, dim=-1)
     else:
         topk_ids = _replayed(replay_ids, probs.shape[0], top_k)
@@ -89,6 +109,7 @@ def sigmoid_route(
     routed_scaling_factor: float,
     mask_zero_experts: bool,
     replay_ids: torch.Tensor | None = None,
+    zero_bias: float = 0.0,
 ) -> RouterDecision:
     """GLM-4.7-Flash routing (n_group = topk_group = 1).
 
@@ -104,6 +125,8 @@ def sigmoid_route(
         choice = scores + correction_bias.to(scores.dtype)
         if mask_zero_experts:
             choice = _mask_zero_columns(choice, num_real, float("-inf"))
+        else:
+            choice = _bias_zero_columns(choice, num_real, zero_bias)
         topk_ids = torch.topk(choice, top_k, dim=-1, sorted=False)[1]
     else:
         topk_ids = _replayed(replay_ids, scores.shape[0], top_k)
