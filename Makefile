@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE := 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-fast bench lint format clean
+.PHONY: install demo test test-fast bench frontier lint format clean
 
 install: $(STAMP)
 
@@ -39,6 +39,13 @@ test-fast: install
 bench: install
 	$(PY) bench/moe_block.py
 	$(PY) bench/trainer_step.py
+
+# The quality frontier of a finished run (default: the newest demo run): every baseline at
+# the student's share of skipped picks, seeds and ablations (bench/quality_frontier.py).
+RUN ?= $(lastword $(sort $(wildcard outputs/tiny/*)))
+frontier: install
+	@test -n "$(RUN)" || { echo "no run: make demo first, or make frontier RUN=<run folder>"; exit 2; }
+	$(PY) bench/quality_frontier.py --run $(RUN)
 
 lint: install
 	$(VENV)/bin/ruff check .
