@@ -79,6 +79,11 @@ def test_trained_teacher_source_with_evaluation(tmp_path):
         (["+experiment=tiny", "model.teacher_preset=huge"], "model.teacher_preset='huge'"),
         (["+experiment=tiny", "eval.suite=everything"], "eval.suite='everything'"),
         (["+experiment=tiny", "eval.top_p_baselines=[0.5,1.5]"], "[1.5] not in (0, 1]"),
+        (["+experiment=tiny", "eval.frontier_top_p=[0]"], "eval.frontier_top_p=[0]"),
+        (
+            ["+experiment=tiny", "eval.frontier=true", "+prompts.mix.code=8"],
+            "prompt families ['code'] have no held-out task suite",
+        ),
         (["+experiment=tiny", "teacher.temperature=0.7"], "teacher.temperature=0.7"),
         (["+experiment=tiny", "trainer.expert_parallel=3"], "trainer.expert_parallel=3"),
         (["+experiment=tiny", "trainer.backend=deepspeed"], "trainer.backend='deepspeed'"),

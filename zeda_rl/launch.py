@@ -97,7 +97,8 @@ def _local_checks(
             cfg.group_aux_loss.zero_expert_weight,
         ),
     }
-    evaluate_runs = cfg.eval.enabled and (teacher_dir / "tokenizer.json").is_file()
+    has_tokenizer = (teacher_dir / "tokenizer.json").is_file()
+    evaluate_runs = cfg.eval.enabled and has_tokenizer
     if evaluate_runs:
         t0 = time.perf_counter()
         before = summary["eval_before_adaptation"] = {
@@ -113,7 +114,8 @@ def _local_checks(
                 f"top_p_{p:g}", baseline, student_dir, teacher, cfg, run_dir, overrides
             )
         timings["eval_before"] = time.perf_counter() - t0
-    return teacher if evaluate_runs else None
+    # The teacher is the reference of the evaluations after adaptation and of the frontier.
+    return teacher if has_tokenizer and (cfg.eval.enabled or cfg.eval.frontier) else None
 
 
 def run(cfg: RunConfig, run_dir: Path) -> dict:
@@ -154,19 +156,17 @@ def run(cfg: RunConfig, run_dir: Path) -> dict:
         summary["pipeline"] = run_pipeline(cfg, teacher_dir, student_dir, run_dir)
         timings["pipeline"] = time.perf_counter() - t0
         final = Path(summary["pipeline"]["student_final"])
-        if teacher is not None:
+        if teacher is not None and cfg.eval.enabled:
             t0 = time.perf_counter()
             adapted = AutoModelForCausalLM.from_pretrained(final).eval()
             summary["eval_after_adaptation"] = {
                 "student": _evaluate("student_adapted", adapted, final, teacher, cfg, run_dir)
             }
             timings["eval_after"] = time.perf_counter() - t0
-            if cfg.eval.frontier:
-                t0 = time.perf_counter()
-                summary["frontier"] = _frontier(
-                    cfg, teacher, teacher_dir, student_dir, final, run_dir
-                )
-                timings["frontier"] = time.perf_counter() - t0
+        if teacher is not None and cfg.eval.frontier:
+            t0 = time.perf_counter()
+            summary["frontier"] = _frontier(cfg, teacher, teacher_dir, student_dir, final, run_dir)
+            timings["frontier"] = time.perf_counter() - t0
     summary["seconds"] = {k: round(v, 2) for k, v in timings.items()}
     return summary
 
