@@ -138,3 +138,25 @@ def _backend_initial(zeda_dir):
     from zeda_rl.models.registry import load_zeda_model
 
     return load_zeda_model(str(zeda_dir), dtype=torch.float32).state_dict()
+
+
+def test_gal_over_response_tokens_counts_only_them(zeda_dir):
+    """group_aux_loss.tokens=response: the routing statistics (GAL, logged zero ratio) count
+    only the positions that generate response tokens; "all" counts every valid token."""
+    samples = tiny_samples(4)
+    counted = {}
+    for tokens in ("all", "response"):
+        backend = _backend(zeda_dir)
+        backend.gal = GroupAuxLossConfig(tokens=tokens)
+        try:
+            ((batch, _), *_) = backend._batches(samples, replay=False)
+            with torch.no_grad():
+                _, routing = backend._forward(batch)
+            counted[tokens] = (routing[0].num_tokens, batch)
+        finally:
+            backend.close()
+    all_tokens, batch = counted["all"]
+    assert all_tokens == int(batch.attention_mask.sum())
+    assert counted["response"][0] == int(batch.loss_mask.sum()) < all_tokens
+    with pytest.raises(ValueError, match="group_aux_loss.tokens"):
+        GroupAuxLossConfig(tokens="prompt")

@@ -27,6 +27,10 @@ class GroupAuxLossConfig:
     alpha: float = 0.1  # loss coefficient
     zero_expert_weight: float = 2.0  # w: larger means more skipping
     scaling: str = "code"  # "code" (authors' code) or "paper" (divided by K)
+    # Which positions the statistics count: "all" (the method: every valid token, prompt
+    # included) or "response" (only the positions that generate response tokens, where a
+    # served model's skipping is evaluated; an ablation for short responses).
+    tokens: str = "all"
 
     def __post_init__(self) -> None:
         if self.alpha < 0:
@@ -38,6 +42,10 @@ class GroupAuxLossConfig:
         if self.scaling not in ("code", "paper"):
             raise ValueError(
                 f"group_aux_loss.scaling must be 'code' or 'paper', got {self.scaling!r}"
+            )
+        if self.tokens not in ("all", "response"):
+            raise ValueError(
+                f"group_aux_loss.tokens must be 'all' or 'response', got {self.tokens!r}"
             )
 
 

@@ -63,13 +63,19 @@ class ZedaCausalLMMixin:
         attention_mask: torch.Tensor | None = None,
         *,
         routing_replay: dict[int, torch.Tensor] | None = None,
+        routing_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> ZedaCausalLMOutput:
+        """``routing_mask`` ([B, S] bool): the positions the routing statistics count
+        (default: the attention mask's valid tokens)."""
         state: RoutingState = self.model.routing_state
         tokens = input_ids if input_ids is not None else kwargs.get("inputs_embeds")
-        token_mask = (
-            None if tokens is None else _current_token_mask(attention_mask, tokens.shape[1])
-        )
+        if routing_mask is not None:
+            token_mask = routing_mask.reshape(-1).bool()
+        else:
+            token_mask = (
+                None if tokens is None else _current_token_mask(attention_mask, tokens.shape[1])
+            )
         state.begin(token_mask, routing_replay)
         try:
             kwargs["output_router_logits"] = False  # transformers' own balancing loss: not ours

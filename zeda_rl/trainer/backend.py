@@ -84,6 +84,11 @@ class StepBackend:
         self.ppo_clip = ppo_clip
         self.step = 0
 
+    def _routing_mask(self, batch: Batch) -> torch.Tensor | None:
+        """The positions the GAL statistics (and the logged zero ratio) count: None for every
+        valid token (the method), the response-generating positions for ``tokens=response``."""
+        return batch.loss_mask if self.gal.tokens == "response" else None
+
     def _make_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
         """AdamW over ``params``, or with ``optim.offload`` over fp32 CPU copies of them
         (``_optimizer_step`` moves gradients there and the result back)."""
@@ -376,6 +381,7 @@ class TorchBackend(StepBackend):
             input_ids=batch.input_ids,
             attention_mask=batch.attention_mask,
             routing_replay=batch.replay,
+            routing_mask=self._routing_mask(batch),
         )
         return out.logits, out.routing
 

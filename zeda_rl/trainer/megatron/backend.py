@@ -177,8 +177,14 @@ class MegatronBackend(StepBackend):
     def _forward(self, batch: Batch) -> tuple[torch.Tensor, list]:
         ids = batch.input_ids
         positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+        mask = self._routing_mask(batch)
         return megatron_forward(
-            self.model, self.routing, ids, positions, batch.attention_mask, batch.replay
+            self.model,
+            self.routing,
+            ids,
+            positions,
+            batch.attention_mask if mask is None else mask,
+            batch.replay,
         )
 
     def _gradient_groups(self):
