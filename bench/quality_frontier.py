@@ -125,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     train_seconds = time.perf_counter() - started
 
     # 2. Every variant on every suite.
+    from zeda_rl.tracking import quiet_third_party
+
+    quiet_third_party()
     from transformers import AutoModelForCausalLM
 
     import zeda_rl  # noqa: F401  (registers the ZEDA architectures)

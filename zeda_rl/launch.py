@@ -274,6 +274,9 @@ def main(dict_cfg: DictConfig) -> None:
         dict_cfg.model.source = ""  # planning from model.architecture needs no checkpoint
     cfg: RunConfig = OmegaConf.to_object(dict_cfg)
     validate(cfg)
+    from zeda_rl.tracking import quiet_third_party
+
+    quiet_third_party()
     if cfg.kernels.experts_backend != "auto":
         from zeda_kernels import BACKEND_ENV
 

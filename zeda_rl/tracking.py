@@ -51,3 +51,20 @@ def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def quiet_third_party() -> None:
+    """Turn the libraries' console chatter down to warnings in this process (and the vLLM
+    engines it starts): the console is for the run's own progress and results. Call before
+    vLLM is imported (it reads its level at import)."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    for name in ("vllm", "ray", "transformers", "torch.distributed"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # vLLM's Triton helpers touch a deprecated torch alias on every import.
+    warnings.filterwarnings("ignore", message=".*torch.distributed.reduce_op.*")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()

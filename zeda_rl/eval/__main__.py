@@ -103,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
 
+    from zeda_rl.tracking import quiet_third_party
+
+    quiet_third_party()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import zeda_rl  # noqa: F401  (registers the ZEDA architectures)

@@ -249,15 +249,16 @@ def compact_lines(points: Sequence[dict]) -> list[str]:
     if student is None or teacher is None:
         return []
     share = student["zero_share"]
-    header = f"{'':26s}{'zero share':>11s}{'accuracy':>10s}{'reverse KL':>12s}"
-    lines = [header, f"{'teacher':26s}{_pct(0.0):>11s}{_pct(teacher['accuracy']):>10s}{'-':>12s}"]
+    w = 30
+    header = f"{'':{w}s}{'zero share':>11s}{'accuracy':>10s}{'reverse KL':>12s}"
+    lines = [header, f"{'teacher':{w}s}{_pct(0.0):>11s}{_pct(teacher['accuracy']):>10s}{'-':>12s}"]
     for method, name in (("top_p", "Top-P"), ("static_top_k", "static top-K'")):
         c = curve(points, method)
         acc, kl = interpolate(c, share, "accuracy"), interpolate(c, share, "reverse_kl")
         label = f"{name} (interpolated)"
-        lines.append(f"{label:26s}{_pct(share):>11s}{_pct(acc):>10s}{_kl(kl):>12s}")
+        lines.append(f"{label:{w}s}{_pct(share):>11s}{_pct(acc):>10s}{_kl(kl):>12s}")
     lines.append(
-        f"{'ZEDA student':26s}{_pct(share):>11s}{_pct(student['accuracy']):>10s}"
+        f"{'ZEDA student':{w}s}{_pct(share):>11s}{_pct(student['accuracy']):>10s}"
         f"{_kl(student.get('reverse_kl')):>12s}"
     )
     return lines
