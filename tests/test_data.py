@@ -75,6 +75,13 @@ def test_task_splits_never_overlap_and_answers_check():
         assert e.answer == str(a + b)
     for e in TASKS["gsm"]("train", 20, 0):
         assert is_correct(e, e.response)  # worked solutions end with '#### answer'
+    addition_prompts = {e.prompt for e in addition("train", 2000, 0)}
+    for e in TASKS["chain"]("heldout", 50, 0):
+        # Three terms, steps written out left to right, the answer after '####'.
+        expression = e.prompt.removeprefix("What is ").removesuffix("?")
+        assert len(expression.split()) == 5 and e.prompt not in addition_prompts
+        assert e.response.count("\n") == 2 and is_correct(e, e.response)
+        assert e.answer == str(eval(expression))  # noqa: S307 (our own digits and +/-)
 
 
 def test_answer_extraction():

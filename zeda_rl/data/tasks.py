@@ -45,6 +45,35 @@ def addition(split: str, n: int, seed: int = 0) -> list[Example]:
     return out
 
 
+def chain(split: str, n: int, seed: int = 0) -> list[Example]:
+    """Multi-step arithmetic with its steps written out: three numbers below 100 added and
+    subtracted left to right (never two: those would be addition's questions), every
+    partial result in [0, 200), e.g.
+    'What is 23 + 58 - 17?' -> '23 + 58 = 81\n81 - 17 = 64\n#### 64'."""
+    rng = random.Random(seed * 7919 + 11)
+    out = []
+    while len(out) < n:
+        terms = [rng.randrange(100) for _ in range(3)]
+        ops = [rng.choice("+-") for _ in terms[1:]]
+        value, steps = terms[0], []
+        for op, term in zip(ops, terms[1:], strict=True):
+            new = value + term if op == "+" else value - term
+            steps.append(f"{value} {op} {term} = {new}")
+            value = new
+            if not 0 <= value < 200:
+                break
+        if not 0 <= value < 200:
+            continue
+        question = " ".join(
+            [str(terms[0])] + [f"{o} {t}" for o, t in zip(ops, terms[1:], strict=True)]
+        )
+        if _split_of(question, 0.1) != split:
+            continue
+        response = "\n".join(steps) + f"\n#### {value}"
+        out.append(Example("chain", f"What is {question}?", response, str(value)))
+    return out
+
+
 def _gym(name: str, split: str, n: int, seed: int, **kwargs) -> Iterator[dict]:
     import reasoning_gym
 
@@ -121,6 +150,7 @@ def mbpp_code(split: str, n: int, seed: int = 0) -> list[Example]:
 TASKS: dict[str, Callable[[str, int, int], list[Example]]] = {
     "addition": addition,
     "arithmetic": arithmetic,
+    "chain": chain,
     "gsm": gsm,
     "binary_ops": binary_ops,
     "code": mbpp_code,

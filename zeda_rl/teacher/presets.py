@@ -67,6 +67,25 @@ PRESETS: dict[str, TeacherPreset] = {
         name="cpu",
         family_overrides={"glm4_moe_lite": {"steps": 1300, "anneal_steps": 500}},
     ),
+    # Fine-grained routing closer to the real models' (top-8 of 128, top-4 of 64): 16 experts
+    # of half the width, top-4, so active and total expert parameters equal the cpu
+    # preset's; a multi-step task whose responses write the steps out (chain) beside
+    # addition, so responses run to tens of tokens (issue 15; docs/teacher.md).
+    "cpu-fine": TeacherPreset(
+        name="cpu-fine",
+        num_experts=16,
+        top_k=4,
+        moe_intermediate_size=128,
+        task_mix={
+            "addition": 0.35,
+            "chain": 0.3,
+            "arithmetic": 0.1,
+            "binary_ops": 0.05,
+            "gsm": 0.1,
+            "code": 0.1,
+        },
+        family_overrides={"glm4_moe_lite": {"steps": 1300, "anneal_steps": 500}},
+    ),
     # Seconds: for tests of the recipe's plumbing, not of what the model learns.
     "smoke": TeacherPreset(
         name="smoke",

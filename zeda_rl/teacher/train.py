@@ -25,7 +25,14 @@ from zeda_rl.eval.generation import hf_generate
 from zeda_rl.teacher.presets import TeacherPreset
 
 FAMILIES = ("qwen3_moe", "glm4_moe_lite")
-MAX_NEW_TOKENS = {"addition": 6, "arithmetic": 8, "binary_ops": 8, "gsm": 192, "code": 160}
+MAX_NEW_TOKENS = {
+    "addition": 6,
+    "arithmetic": 8,
+    "chain": 40,
+    "binary_ops": 8,
+    "gsm": 192,
+    "code": 160,
+}
 
 
 def build_config(family: str, preset: TeacherPreset, tokenizer):
