@@ -160,3 +160,20 @@ def test_gal_over_response_tokens_counts_only_them(zeda_dir):
     assert counted["response"][0] == int(batch.loss_mask.sum()) < all_tokens
     with pytest.raises(ValueError, match="group_aux_loss.tokens"):
         GroupAuxLossConfig(tokens="prompt")
+
+
+def test_stage_two_resets_adam_with_its_own_settings(zeda_dir):
+    backend = _backend(zeda_dir)
+    try:
+        samples = tiny_samples(2)
+        tokens = sum(len(s.response_ids) for s in samples)
+        backend.train_step(samples, objective="sft", lr=1e-3, global_tokens=tokens)
+        assert backend.optimizer.state
+        backend.reset_optimizer(betas=(0.5, 0.9), weight_decay=0.0)
+        assert not backend.optimizer.state
+        groups = backend.optimizer.param_groups
+        assert all(g["betas"] == (0.5, 0.9) and g["weight_decay"] == 0.0 for g in groups)
+        backend.reset_optimizer()  # None keeps what the groups have
+        assert all(g["betas"] == (0.5, 0.9) for g in groups)
+    finally:
+        backend.close()

@@ -319,7 +319,8 @@ def run_stage2(
     s = cfg.stage2
     if start_step == 0:
         # Stage 2 is its own optimisation (constant lr): Adam starts from fresh moments.
-        pools.get([t.reset_optimizer.remote() for t in pools.trainers])
+        betas = None if s.betas is None else tuple(s.betas)
+        pools.get([t.reset_optimizer.remote(betas, s.weight_decay) for t in pools.trainers])
     pools.sync_weights()
     last: dict = {}
     for step in _progress(range(start_step, s.steps), "stage 2 (OPD)"):

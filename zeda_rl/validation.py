@@ -146,6 +146,15 @@ def validate(cfg: RunConfig) -> None:
     ):
         if value < 1:
             _fail(f"{name}={value} must be >= 1")
+    for name, betas in (("stage1.betas", cfg.stage1.betas), ("stage2.betas", cfg.stage2.betas)):
+        if betas is not None and not (len(betas) == 2 and all(0 <= b < 1 for b in betas)):
+            _fail(f"{name}={list(betas)}: two values in [0, 1)")
+    for name, decay in (
+        ("stage1.weight_decay", cfg.stage1.weight_decay),
+        ("stage2.weight_decay", cfg.stage2.weight_decay),
+    ):
+        if decay is not None and decay < 0:
+            _fail(f"{name}={decay} must be >= 0")
     if cfg.stage2.steps < 0 or cfg.checkpoint.every_steps < 0:
         _fail("stage2.steps and checkpoint.every_steps must be >= 0")
     if cfg.stage1.global_batch < tr.num_workers:

@@ -111,8 +111,10 @@ class TrainerWorker:
             self.transfer.shutdown()
             self.transfer = None
 
-    def reset_optimizer(self) -> None:
-        self.backend.reset_optimizer()
+    def reset_optimizer(
+        self, betas: tuple[float, float] | None = None, weight_decay: float | None = None
+    ) -> None:
+        self.backend.reset_optimizer(betas, weight_decay)
 
     def save(self, directory: str) -> None:
         self.backend.save(Path(directory))

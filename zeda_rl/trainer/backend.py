@@ -55,7 +55,9 @@ class TrainerBackend(Protocol):
 
     def load_optimizer(self, directory: Path) -> None: ...
 
-    def reset_optimizer(self) -> None: ...
+    def reset_optimizer(
+        self, betas: tuple[float, float] | None = None, weight_decay: float | None = None
+    ) -> None: ...
 
 
 class StepBackend:
@@ -322,9 +324,17 @@ class StepBackend:
             self.model.train()
         return out
 
-    def reset_optimizer(self) -> None:
-        """Forget the Adam moments (a new stage), keeping the hyperparameters."""
+    def reset_optimizer(
+        self, betas: tuple[float, float] | None = None, weight_decay: float | None = None
+    ) -> None:
+        """Forget the Adam moments (a new stage); ``betas`` / ``weight_decay``, when given,
+        replace the stage's hyperparameters (parameters without decay keep none)."""
         self.optimizer.state.clear()
+        for group in self.optimizer.param_groups:
+            if betas is not None:
+                group["betas"] = tuple(betas)
+            if weight_decay is not None and group["weight_decay"] > 0:
+                group["weight_decay"] = weight_decay
 
 
 class TorchBackend(StepBackend):
