@@ -54,13 +54,14 @@ def _fmt(value) -> str:
 
 
 def quiet_third_party() -> None:
-    """Turn the libraries' console chatter down to warnings in this process (and the vLLM
-    engines it starts): the console is for the run's own progress and results. Call before
+    """Turn the libraries' console chatter down in this process (and the vLLM engines it
+    starts): the console is for the run's own progress and results. vLLM keeps errors only
+    (on CPU its warnings repeat per request: thread binding, missing libiomp). Call before
     vLLM is imported (it reads its level at import)."""
     import logging
     import warnings
 
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     for name in ("vllm", "ray", "transformers", "torch.distributed"):
         logging.getLogger(name).setLevel(logging.WARNING)
     # vLLM's Triton helpers touch a deprecated torch alias on every import.
