@@ -65,6 +65,14 @@ def test_benchmark_loaders_on_the_real_files():
     assert len(mm) == 374 and mm[0].id == "AIME2024/0" and mm[0].answer == "204"
 
 
+def test_every_task_has_an_evaluation_budget():
+    from zeda_rl.eval.harness import TASK_BUDGETS, indomain_items
+
+    assert set(TASK_BUDGETS) == set(TASKS)  # every prompt family has a held-out suite
+    code = [i for i in indomain_items(["code", "chain"], 4) if i.benchmark == "task/code"]
+    assert len(code) == 2 and code[0].kind == "code" and code[0].tests["asserts"]
+
+
 def test_task_splits_never_overlap_and_answers_check():
     for name, make in TASKS.items():
         train = {e.prompt for e in make("train", 300, 0)}

@@ -81,10 +81,7 @@ def test_trained_teacher_source_with_evaluation(tmp_path):
         (["+experiment=tiny", "eval.top_p_baselines=[0.5,1.5]"], "[1.5] not in (0, 1]"),
         (["+experiment=tiny", "eval.frontier_top_p=[0]"], "eval.frontier_top_p=[0]"),
         (["+experiment=tiny", "stage2.betas=[0.9,1.0]"], "stage2.betas=[0.9, 1.0]"),
-        (
-            ["+experiment=tiny", "eval.frontier=true", "+prompts.mix.code=8"],
-            "prompt families ['code'] have no held-out task suite",
-        ),
+        (["+experiment=tiny", "eval.frontier_items=1"], "eval.frontier_items=1"),
         (["+experiment=tiny", "teacher.temperature=0.7"], "teacher.temperature=0.7"),
         (["+experiment=tiny", "trainer.expert_parallel=3"], "trainer.expert_parallel=3"),
         (["+experiment=tiny", "trainer.backend=deepspeed"], "trainer.backend='deepspeed'"),
