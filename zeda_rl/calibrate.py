@@ -107,8 +107,8 @@ def response_zero_share(model, tokenizer, prompts: list[str], max_new_tokens: in
             n_prompt = len(tokenizer(chat_prompt(prompt), add_special_tokens=False)["input_ids"])
             ids = tokenizer(chat_example(prompt, response), add_special_tokens=False)["input_ids"]
             out = model(input_ids=torch.tensor([ids]))
-            for layer in out.routing:
-                picks = layer.real_experts_per_token[n_prompt:]
+            for layer in out.routing:  # the positions that generate the response
+                picks = layer.real_experts_per_token[n_prompt - 1 : -1]
                 real += int(picks.sum())
                 slots += picks.numel() * k
     return 1.0 - real / max(slots, 1)

@@ -238,8 +238,11 @@ def evaluate(
             "input_ids"
         ]
         ids = torch.tensor([full_ids])
-        mask = torch.zeros(len(full_ids), dtype=torch.bool)
-        mask[len(prompt_ids) :] = True  # response tokens (and the end-of-turn marker)
+        # The positions that generate the response: the last prompt token (whose forward
+        # gives the first response token) up to the one before the end-of-turn marker. Their
+        # routing is the compute a served response costs, their logits its distribution.
+        generating = torch.zeros(len(full_ids), dtype=torch.bool)
+        generating[len(prompt_ids) - 1 : -1] = True
         out = model(input_ids=ids)
         result = RequestResult(
             item.benchmark,
@@ -252,15 +255,13 @@ def evaluate(
             None,
         )
         if is_zeda and out.routing:
-            trace = _routing_trace(out.routing, mask, model.config.num_experts_per_tok)
+            trace = _routing_trace(out.routing, generating, model.config.num_experts_per_tok)
             traces.setdefault(item.benchmark, []).append(trace)
             result.zero_ratio = zero_ratio(trace)
             result.real_experts_per_token = per_token_real_experts(trace)
         if teacher is not None:
-            # Positions t predict token t+1: the logits that generated the response tokens.
-            predicting = torch.zeros_like(mask)
-            predicting[len(prompt_ids) - 1 : -1] = True
-            agree = teacher_agreement(out.logits[0], teacher(input_ids=ids).logits[0], predicting)
+            reference = teacher(input_ids=ids).logits[0]
+            agree = teacher_agreement(out.logits[0], reference, generating)
             result.reverse_kl, result.top1_agreement = agree.reverse_kl, agree.top1
             result.agreement_tokens = agree.tokens
         results.append(result)
