@@ -279,15 +279,28 @@ def plot_frontier(points: Sequence[dict], out_dir: Path) -> list[Path]:
         if teacher is not None and metric == "accuracy":
             ax.axhline(teacher[metric], color="black", linestyle="--", label="teacher")
         for method in methods:
-            pts = sorted(
-                (p for p in points if p["method"] == method and p.get(metric) is not None),
-                key=lambda p: p["zero_share"],
-            )
             if method in BASELINE_METHODS and teacher is not None:
-                pts = curve(points, method)
-            style = "-o" if method in (*BASELINE_METHODS, "zeda_dial") else "o"
-            ax.plot([p["zero_share"] for p in pts], [p[metric] for p in pts], style, label=method)
-        ax.set_xlabel("zero-expert share of picks (response tokens)")
+                series = {method: curve(points, method)}
+            elif method == "zeda_dial":
+                # One dial curve per seed, through that seed's student (the dial at 0).
+                seeds = sorted({p["seed"] for p in points if p["method"] == method}, key=str)
+                series = {
+                    f"dial, seed {seed}": [
+                        p
+                        for p in points
+                        if p["method"] in ("zeda", "zeda_dial") and p["seed"] == seed
+                    ]
+                    for seed in seeds
+                }
+            else:
+                series = {method: [p for p in points if p["method"] == method]}
+            style = {"zeda_dial": ":."}.get(method, "-o" if method in BASELINE_METHODS else "o")
+            for name, pts in series.items():
+                pts = sorted(
+                    (p for p in pts if p.get(metric) is not None), key=lambda p: p["zero_share"]
+                )
+                ax.plot([p["zero_share"] for p in pts], [p[metric] for p in pts], style, label=name)
+        ax.set_xlabel("zero-expert share of picks (positions generating the response)")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
