@@ -134,3 +134,32 @@ def test_baselines_of_a_converted_model(static_checkpoints, tmp_path, monkeypatc
     assert 0.0 < top_p["zero_share"] <= 0.5 and top_p["reverse_kl"] > 0
     assert static["zero_share"] == pytest.approx(0.5) and static["reverse_kl"] > 0
     assert static["accuracy"] == teacher_point["accuracy"] == 0.0  # the response is fixed
+
+
+def test_baselines_are_evaluated_once_per_teacher_and_items(
+    static_checkpoints, tmp_path, monkeypatch
+):
+    import zeda_rl.eval.frontier as frontier
+    from zeda_rl.eval.harness import MATH, Item
+
+    calls = []
+
+    def fake_evaluate(variant, teacher, items, **kw):
+        calls.append(variant.label)
+        return {"label": variant.label, "zero_share": 0.5, "model_dir": variant.model_dir}
+
+    monkeypatch.setattr(frontier, "evaluate_variant", fake_evaluate)
+    teacher_dir = str(static_checkpoints["qwen3_moe"])
+    (variant,) = [
+        v for v in frontier.baseline_variants(teacher_dir, "a", 2, [0.7]) if v.param == 0.7
+    ]
+    items = [Item("task/addition", "0", "What is 1 + 1?", MATH, "2")]
+    kw = dict(backend="vllm", cache_dir=tmp_path / "cache")
+    first = frontier.evaluate_cached(variant, None, teacher_dir, items, **kw)
+    again = frontier.evaluate_cached(variant, None, teacher_dir, items, **kw)
+    assert calls == ["top-p 0.7"] and again["cached"] and again["zero_share"] == first["zero_share"]
+    other_items = [Item("task/addition", "1", "What is 2 + 2?", MATH, "4")]
+    frontier.evaluate_cached(variant, None, teacher_dir, other_items, **kw)
+    other_routing = frontier.Variant("top_p", "top-p 0.6", "a", {"routing_top_p": 0.6})
+    frontier.evaluate_cached(other_routing, None, teacher_dir, items, **kw)
+    assert len(calls) == 3  # new items or another routing are evaluated afresh

@@ -218,10 +218,12 @@ def _frontier(
         Variant,
         baseline_variants,
         compact_lines,
+        evaluate_cached,
         evaluate_variant,
         write_frontier,
     )
     from zeda_rl.eval.harness import indomain_items
+    from zeda_rl.teacher.cache import cache_root
 
     families = list(cfg.prompts.mix)
     items = indomain_items(families, cfg.eval.frontier_items)
@@ -232,17 +234,20 @@ def _frontier(
         cfg.eval.frontier_top_p,
     ) + [Variant("zeda", "student", str(final), seed=cfg.seed)]
     out = run_dir / "frontier"
-    points = [
-        evaluate_variant(
-            v,
-            teacher,
-            items,
+    points = []
+    for v in variants:
+        kw = dict(
             backend=cfg.eval.backend,
             out_dir=out / v.label.replace(" ", "_"),
-            log=lambda _: None,
+            log=lambda message, v=v: print(f"frontier, {v.label}: {message}"),
         )
-        for v in variants
-    ]
+        if v.method == "zeda":
+            points.append(evaluate_variant(v, teacher, items, **kw))
+        else:  # the same teacher's baselines on the same items: evaluated once, then reused
+            cache = cache_root() / "frontier_baselines"
+            points.append(
+                evaluate_cached(v, teacher, str(teacher_dir), items, cache_dir=cache, **kw)
+            )
     title = f"Quality frontier: {len(items)} held-out items of {', '.join(families)}"
     write_frontier(points, out, title)
     return {

@@ -90,6 +90,49 @@ def evaluate_variant(
     return point_of(variant, result["summary"])
 
 
+def baseline_cache_key(teacher_dir: str, variant: Variant, items, backend: str) -> str:
+    """What a baseline's point depends on: the teacher's weights and config, the routing
+    overrides, the items and the generation backend (not the student, whose masked copy is
+    the teacher exactly)."""
+    import hashlib
+    from dataclasses import asdict
+
+    root = Path(teacher_dir)
+    weights = sorted(
+        (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in root.glob("*.safetensors")
+    )
+    blob = json.dumps(
+        {
+            "config": json.loads((root / "config.json").read_text()),
+            "weights": weights,
+            "method": variant.method,
+            "overrides": variant.overrides,
+            "items": [asdict(i) for i in items],
+            "backend": backend,
+        },
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def evaluate_cached(
+    variant: Variant, teacher, teacher_dir: str, items, *, backend: str, cache_dir: Path, **kw
+) -> dict:
+    """``evaluate_variant`` for a baseline, reusing an earlier evaluation of the same teacher,
+    routing and items (every run of an experiment shares its baselines)."""
+    path = cache_dir / f"{baseline_cache_key(teacher_dir, variant, items, backend)}.json"
+    if path.is_file():
+        point = json.loads(path.read_text())
+        return point | {"model_dir": variant.model_dir, "cached": True}
+    point = evaluate_variant(variant, teacher, items, backend=backend, **kw)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(point))
+    tmp.replace(path)
+    return point
+
+
 def point_of(variant: Variant, summary: dict) -> dict:
     """The frontier's record of one evaluated variant."""
     return {
