@@ -120,7 +120,7 @@ def calibrate(
     out_dir: Path,
     *,
     families: list[str],
-    num_prompts: int = 48,
+    num_prompts: int = 128,
     max_new_tokens: int = 24,
     tolerance: float = 0.005,
     log=print,
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         help="task families of the calibration and held-out prompts (comma-separated)",
     )
     parser.add_argument(
-        "--prompts", type=int, default=48, help="calibration prompts (and held-out)"
+        "--prompts", type=int, default=128, help="calibration prompts (and held-out)"
     )
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--tolerance", type=float, default=0.005, help="on the calibration set")
