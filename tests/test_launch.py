@@ -154,3 +154,13 @@ def test_wandb_sweep_file_names_real_config_fields(tmp_path):
     result = _launch(tmp_path, "+experiment=tiny", "dry_run=true", *overrides)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "zero_expert_weight: 4.0" in result.stdout
+
+
+def test_fine_grained_experiment_composes_on_tiny(tmp_path):
+    """+experiment=tiny_fine is the tiny experiment with the cpu-fine teacher and a prompt
+    mix over every task family it learned (validated, nothing trained)."""
+    result = _launch(tmp_path, "+experiment=tiny_fine", "dry_run=true")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "teacher_preset: cpu-fine" in result.stdout
+    assert "chain: 512" in result.stdout and "frontier: true" in result.stdout
+    assert "max_new_tokens: 96" in result.stdout
