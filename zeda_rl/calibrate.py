@@ -4,7 +4,7 @@ Finds the compute dial (``zero_expert_bias``, models/zero_experts.py) at which a
 checkpoint skips the requested share of its expert picks, and writes a copy of the
 checkpoint with that value in its config: one adapted model, many operating points.
 
-The share is measured the way evaluation measures it: over the response tokens of the
+The share is measured the way evaluation measures it: over the positions that generate the
 model's own greedy answers (regenerated at every trial value, since the answers change with
 the routing) to calibration prompts from the train split of the task families; bisection
 on the bias. The value found is then checked on held-out prompts of the same families and
