@@ -129,6 +129,35 @@ def assert_model_matches_reference_on(backend: str, family: str, tmp_path, monke
         assert torch.allclose(grads[name], grad, atol=1e-5, rtol=1e-4), name
 
 
+def tokenized_zeda_pair(root: Path, gate_std: float | None = None):
+    """A tiny Qwen3-MoE teacher with a BPE tokenizer trained on addition examples, saved to
+    ``root/teacher`` and converted to ``root/student``; returns (teacher, tokenizer).
+    ``gate_std`` redraws the routers (sharper routing than the default init)."""
+    from transformers import Qwen3MoeForCausalLM
+
+    from zeda_rl.convert import convert
+    from zeda_rl.data.tasks import addition
+    from zeda_rl.data.tokenizer import chat_example, train_tokenizer
+    from zeda_rl.models.tiny import tiny_qwen3_moe_config
+
+    tok = train_tokenizer(
+        [chat_example(e.prompt, e.response) for e in addition("train", 400)], vocab_size=300
+    )
+    torch.manual_seed(0)
+    teacher = Qwen3MoeForCausalLM(
+        tiny_qwen3_moe_config(vocab_size=len(tok), pad_token_id=tok.pad_token_id)
+    )
+    if gate_std is not None:
+        with torch.no_grad():
+            for name, p in teacher.named_parameters():
+                if name.endswith("mlp.gate.weight"):
+                    p.normal_(0, gate_std)
+    teacher.save_pretrained(root / "teacher")
+    tok.save_pretrained(root / "teacher")
+    convert(root / "teacher", root / "student", log=lambda *_: None)
+    return teacher.eval(), tok
+
+
 @pytest.fixture(scope="session")
 def static_checkpoints(tmp_path_factory) -> dict[str, Path]:
     """family -> folder of a saved tiny static teacher (seed 0)."""

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from tests.conftest import FAMILIES
+from tests.conftest import FAMILIES, tokenized_zeda_pair
 from zeda_rl.calibrate import find_bias
 from zeda_rl.calibrate import main as calibrate_main
 from zeda_rl.convert import convert
@@ -156,23 +156,8 @@ def test_find_bias_bisects_a_rising_share():
 
 @pytest.fixture(scope="module")
 def tokenized_student(tmp_path_factory):
-    from transformers import Qwen3MoeForCausalLM
-
-    from zeda_rl.data.tasks import addition
-    from zeda_rl.data.tokenizer import chat_example, train_tokenizer
-    from zeda_rl.models.tiny import tiny_qwen3_moe_config
-
     root = tmp_path_factory.mktemp("calib")
-    tok = train_tokenizer(
-        [chat_example(e.prompt, e.response) for e in addition("train", 400)], vocab_size=300
-    )
-    torch.manual_seed(0)
-    teacher = Qwen3MoeForCausalLM(
-        tiny_qwen3_moe_config(vocab_size=len(tok), pad_token_id=tok.pad_token_id)
-    )
-    teacher.save_pretrained(root / "teacher")
-    tok.save_pretrained(root / "teacher")
-    convert(root / "teacher", root / "student", log=lambda *_: None)
+    tokenized_zeda_pair(root)
     return root / "student"
 
 

@@ -5,37 +5,21 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
-from transformers import AutoModelForCausalLM, Qwen3MoeForCausalLM
+from transformers import AutoModelForCausalLM
 
-from zeda_rl.convert import convert
+from tests.conftest import tokenized_zeda_pair
 from zeda_rl.data.tasks import addition
-from zeda_rl.data.tokenizer import chat_example, train_tokenizer
 from zeda_rl.eval.generation import hf_generate
 from zeda_rl.eval.harness import CODE, MATH, Item, evaluate, score, suite_items
 from zeda_rl.eval.report import write_report
-from zeda_rl.models.tiny import tiny_qwen3_moe_config
 
 
 @pytest.fixture(scope="module")
 def tiny_pair(tmp_path_factory):
     root = tmp_path_factory.mktemp("evalpair")
-    tok = train_tokenizer(
-        [chat_example(e.prompt, e.response) for e in addition("train", 400)], vocab_size=300
-    )
-    torch.manual_seed(0)
-    teacher = Qwen3MoeForCausalLM(
-        tiny_qwen3_moe_config(vocab_size=len(tok), pad_token_id=tok.pad_token_id)
-    )
-    with torch.no_grad():
-        for name, p in teacher.named_parameters():
-            if name.endswith("mlp.gate.weight"):
-                p.normal_(0, 0.5)
-    teacher.save_pretrained(root / "teacher")
-    tok.save_pretrained(root / "teacher")
-    convert(root / "teacher", root / "student", log=lambda *_: None)
+    teacher, tok = tokenized_zeda_pair(root, gate_std=0.5)
     student = AutoModelForCausalLM.from_pretrained(root / "student").eval()
-    return student, teacher.eval(), tok, root
+    return student, teacher, tok, root
 
 
 def test_scoring_math_and_code():
