@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         Variant,
         baseline_variants,
         dial_variants,
-        evaluate_variant,
+        evaluate_point,
         markdown_table,
         write_frontier,
     )
@@ -164,9 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         points = []
         for v in variants:
             t0 = time.perf_counter()
-            point = evaluate_variant(
+            point = evaluate_point(  # the teacher's baselines come from the shared cache
                 v,
                 teacher,
+                teacher_dir,
                 items,
                 backend=args.backend,
                 out_dir=out / suite / "evals" / f"{v.method}-{v.label.replace(' ', '_')}-s{v.seed}",

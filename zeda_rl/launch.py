@@ -218,12 +218,10 @@ def _frontier(
         Variant,
         baseline_variants,
         compact_lines,
-        evaluate_cached,
-        evaluate_variant,
+        evaluate_point,
         write_frontier,
     )
     from zeda_rl.eval.harness import indomain_items
-    from zeda_rl.teacher.cache import cache_root
 
     families = list(cfg.prompts.mix)
     items = indomain_items(families, cfg.eval.frontier_items)
@@ -234,20 +232,18 @@ def _frontier(
         cfg.eval.frontier_top_p,
     ) + [Variant("zeda", "student", str(final), seed=cfg.seed)]
     out = run_dir / "frontier"
-    points = []
-    for v in variants:
-        kw = dict(
+    points = [
+        evaluate_point(
+            v,
+            teacher,
+            str(teacher_dir),
+            items,
             backend=cfg.eval.backend,
             out_dir=out / v.label.replace(" ", "_"),
             log=lambda message, v=v: print(f"frontier, {v.label}: {message}"),
         )
-        if v.method == "zeda":
-            points.append(evaluate_variant(v, teacher, items, **kw))
-        else:  # the same teacher's baselines on the same items: evaluated once, then reused
-            cache = cache_root() / "frontier_baselines"
-            points.append(
-                evaluate_cached(v, teacher, str(teacher_dir), items, cache_dir=cache, **kw)
-            )
+        for v in variants
+    ]
     title = f"Quality frontier: {len(items)} held-out items of {', '.join(families)}"
     write_frontier(points, out, title)
     return {

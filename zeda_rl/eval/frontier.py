@@ -133,6 +133,17 @@ def evaluate_cached(
     return point
 
 
+def evaluate_point(variant: Variant, teacher, teacher_dir: str, items, **kw) -> dict:
+    """A variant's point: baselines (the teacher's routings) through the shared cache under
+    ``$ZEDA_CACHE_DIR/frontier_baselines``, ZEDA students evaluated afresh."""
+    if variant.method in ("teacher", *BASELINE_METHODS):
+        from zeda_rl.teacher.cache import cache_root
+
+        cache = cache_root() / "frontier_baselines"
+        return evaluate_cached(variant, teacher, teacher_dir, items, cache_dir=cache, **kw)
+    return evaluate_variant(variant, teacher, items, **kw)
+
+
 def point_of(variant: Variant, summary: dict) -> dict:
     """The frontier's record of one evaluated variant."""
     return {
@@ -378,6 +389,7 @@ __all__ = [
     "compare",
     "curve",
     "dial_variants",
+    "evaluate_point",
     "evaluate_variant",
     "interpolate",
     "markdown_table",
