@@ -32,7 +32,8 @@ def padded_batch(vocab: int = 256, seed: int = 0) -> tuple[torch.Tensor, torch.T
 
 
 def tiny_samples(num: int, seed: int = 0):
-    """Prompt/response samples with rollout and teacher logprobs (trainer tests)."""
+    """Prompt/response samples with rollout and teacher logprobs and a teacher top-4 (trainer
+    tests)."""
     from zeda_rl.trainer.batch import Sample
 
     g = torch.Generator().manual_seed(seed)
@@ -40,12 +41,17 @@ def tiny_samples(num: int, seed: int = 0):
     for i in range(num):
         prompt = torch.randint(5, 250, (3 + i % 4,), generator=g).tolist()
         response = torch.randint(5, 250, (2 + i % 3,), generator=g).tolist()
+        # Top-4 of a distribution that leaves a tail: distinct ids, descending log-probs.
+        top_ids = torch.stack([torch.randperm(245, generator=g)[:4] + 5 for _ in response])
+        top_probs = torch.rand(len(response), 4, generator=g).sort(-1, descending=True).values
         out.append(
             Sample(
                 prompt,
                 response,
                 rollout_logprobs=(-torch.rand(len(response), generator=g) * 3 - 2).tolist(),
                 teacher_logprobs=(-torch.rand(len(response), generator=g) * 3 - 2).tolist(),
+                teacher_topk_ids=top_ids.numpy().astype("int32"),
+                teacher_topk_logprobs=(top_probs / 5).log().numpy(),
             )
         )
     return out

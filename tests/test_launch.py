@@ -82,6 +82,11 @@ def test_trained_teacher_source_with_evaluation(tmp_path):
         (["+experiment=tiny", "eval.frontier_top_p=[0]"], "eval.frontier_top_p=[0]"),
         (["+experiment=tiny", "stage2.betas=[0.9,1.0]"], "stage2.betas=[0.9, 1.0]"),
         (["+experiment=tiny", "eval.frontier_items=1"], "eval.frontier_items=1"),
+        (["+experiment=tiny", "stage2.loss=kl"], "stage2.loss='kl'"),
+        (
+            ["+experiment=tiny", "stage2.loss=topk_kl", "stage2.teacher_top_k=64"],
+            "stage2.teacher_top_k=64",
+        ),
         (["+experiment=tiny", "teacher.temperature=0.7"], "teacher.temperature=0.7"),
         (["+experiment=tiny", "trainer.expert_parallel=3"], "trainer.expert_parallel=3"),
         (["+experiment=tiny", "trainer.backend=deepspeed"], "trainer.backend='deepspeed'"),

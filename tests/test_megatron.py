@@ -234,7 +234,7 @@ def _rank_main(rank, world, init, kind, zeda_dir, out_path):
     mine = samples[rank * share : (rank + 1) * share]
     metrics = [
         backend.train_step(mine, objective=objective, lr=1e-3, global_tokens=tokens)
-        for objective in ("sft", "opd", "sft")
+        for objective in ("sft", "opd", "topk_kl", "sft")
     ]
     logprobs = backend.logprobs(samples[:3], 1.0, False)
     state = dict(backend.named_tensors())  # gathered over the EP ranks
@@ -250,7 +250,7 @@ def _run(kind, zeda_dir, world, out_path):
 
 @pytest.mark.slow
 def test_expert_parallel_megatron_steps_equal_torch_steps(zeda_dirs, tmp_path):
-    """Three steps (SFT, OPD, SFT) of the megatron backend with EP = 2 over two gloo ranks
+    """Four steps (SFT, OPD, top-k KL, SFT) of the megatron backend with EP = 2 over two gloo ranks
     (each holding half the experts) reach the torch backend's losses, GAL, zero ratios and
     weights on one rank."""
     torch_run = _run("torch", zeda_dirs["qwen3_moe"], 1, tmp_path / "torch.pt")

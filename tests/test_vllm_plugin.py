@@ -242,9 +242,10 @@ def test_vllm_rollout_routes_and_in_place_weight_update(tmp_path, family):
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
 def test_teacher_scores_at_the_sampling_temperature(tmp_path, temperature):
     """Stage-2 scoring: log softmax(logits / T) of the given tokens, also for T != 1, where
-    vLLM's raw prompt logprobs are rescaled from the full distribution."""
+    vLLM's raw prompt logprobs are rescaled from the full distribution; at T = 1 also the
+    top-k distribution of ``stage2.loss=topk_kl``, in rank order."""
     from zeda_rl.eval.generation import close_vllm_engine
-    from zeda_rl.pools.engine import score, start_engine
+    from zeda_rl.pools.engine import score, score_topk, start_engine
 
     build_static_model("glm4_moe_lite", 0).save_pretrained(tmp_path / "teacher")
     teacher = AutoModelForCausalLM.from_pretrained(tmp_path / "teacher").eval()
@@ -258,11 +259,25 @@ def test_teacher_scores_at_the_sampling_temperature(tmp_path, temperature):
     sequences = [([5, 6, 7, 8], [9, 10, 11]), ([12, 13], [14, 15, 16, 17])]
     try:
         got = score(llm, sequences, temperature=temperature)
+        top = score_topk(llm, sequences, k=5) if temperature == 1.0 else None
+        every = score_topk(llm, sequences, k=5, prompt_positions=True) if top else None
     finally:
         close_vllm_engine(llm)
-    for (prompt, response), values in zip(sequences, got, strict=True):
+    for i, ((prompt, response), values) in enumerate(zip(sequences, got, strict=True)):
         with torch.no_grad():
             logits = teacher(input_ids=torch.tensor([prompt + response])).logits[0].double()
         logp = torch.log_softmax(logits / temperature, -1)
         expected = [logp[len(prompt) + i - 1, t].item() for i, t in enumerate(response)]
         assert values == pytest.approx(expected, abs=1e-4)
+        if top is not None:
+            ids, top_logprobs = top[i]
+            rows = logp[len(prompt) - 1 : len(prompt) - 1 + len(response)]
+            want_values, want_ids = rows.topk(5, dim=-1)
+            assert ids.shape == (len(response), 5)
+            assert (torch.from_numpy(ids).long() == want_ids).all()
+            assert torch.allclose(torch.from_numpy(top_logprobs).double(), want_values, atol=1e-4)
+            # Every fed position: row t is the distribution after tokens 0..t.
+            all_ids, all_values = every[i]
+            want_values, want_ids = logp[:-1].topk(5, dim=-1)
+            assert (torch.from_numpy(all_ids).long() == want_ids).all()
+            assert torch.allclose(torch.from_numpy(all_values).double(), want_values, atol=1e-4)

@@ -123,6 +123,14 @@ class Stage2Config:
     weight_decay: Optional[float] = None  # noqa: UP045
     ppo_clip: float = 0.2
     max_new_tokens: int = 256
+    # opd: the method's one-sample teacher advantage, PPO-clipped. topk_kl: the exact reverse
+    # KL over the teacher's top-k tokens plus a tail bucket at every response position
+    # (losses/topk_kl.py), a tiny-scale option for the low-token regime.
+    loss: str = "opd"
+    teacher_top_k: int = 16  # topk_kl: how many of the teacher's log-probabilities (<= 20)
+    # topk_kl: the positions it is taken over: the sampled responses', or every position
+    # (the prompts' too: about 5x the signal per step at tiny scale).
+    kl_positions: str = "response"
 
 
 @dataclass

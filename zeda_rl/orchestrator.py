@@ -191,7 +191,12 @@ class Pools:
         return self.weights.push()
 
     def train(self, samples: list[Sample], objective: str, lr: float) -> dict[str, float]:
-        tokens = sum(len(s.response_ids) for s in samples)
+        # The positions every per-token average divides by: responses, or for topk_kl the
+        # positions the teacher's top-k covers.
+        if objective == "topk_kl":
+            tokens = sum(len(s.teacher_topk_ids) for s in samples)
+        else:
+            tokens = sum(len(s.response_ids) for s in samples)
         shares = _split(samples, len(self.trainers))
         metrics = self.get(
             [
@@ -315,7 +320,8 @@ def run_stage1(
 def run_stage2(
     cfg: RunConfig, pools: Pools, prompts: list[list[int]], tracker, ckpt, start_step: int = 0
 ) -> dict:
-    """Student samples, teacher scores, PPO-clipped OPD + GAL with routing replay."""
+    """Student samples, teacher scores, PPO-clipped OPD (or the top-k reverse KL) + GAL with
+    routing replay."""
     s = cfg.stage2
     if start_step == 0:
         # Stage 2 is its own optimisation (constant lr): Adam starts from fresh moments.
@@ -323,20 +329,29 @@ def run_stage2(
         pools.get([t.reset_optimizer.remote(betas, s.weight_decay) for t in pools.trainers])
     pools.sync_weights()
     last: dict = {}
-    for step in _progress(range(start_step, s.steps), "stage 2 (OPD)"):
+    label = "stage 2 (OPD)" if s.loss == "opd" else "stage 2 (top-k KL)"
+    for step in _progress(range(start_step, s.steps), label):
         t0 = time.perf_counter()
         rng = random.Random(cfg.seed * 1_000_003 + step)  # the same data order on resume
         chosen = rng.sample(prompts, min(s.prompts_per_step, len(prompts)))
         batch_prompts = [p for p in chosen for _ in range(s.samples_per_prompt)]
         gens = [g for g in pools.generate_rollouts(batch_prompts) if g.response_ids]
         t1 = time.perf_counter()
-        teacher_lp = pools.call_teacher("score", [(g.prompt_ids, g.response_ids) for g in gens])
+        pairs = [(g.prompt_ids, g.response_ids) for g in gens]
+        if s.loss == "topk_kl":
+            top = pools.call_teacher("score_topk", pairs, s.teacher_top_k, s.kl_positions == "all")
+            samples = [
+                Sample(g.prompt_ids, g.response_ids, g.logprobs, None, g.routes, ids, values)
+                for g, (ids, values) in zip(gens, top, strict=True)
+            ]
+        else:
+            teacher_lp = pools.call_teacher("score", pairs)
+            samples = [
+                Sample(g.prompt_ids, g.response_ids, g.logprobs, lp, g.routes)
+                for g, lp in zip(gens, teacher_lp, strict=True)
+            ]
         t2 = time.perf_counter()
-        samples = [
-            Sample(g.prompt_ids, g.response_ids, g.logprobs, lp, g.routes)
-            for g, lp in zip(gens, teacher_lp, strict=True)
-        ]
-        metrics = pools.train(samples, "opd", s.lr)
+        metrics = pools.train(samples, s.loss, s.lr)
         t3 = time.perf_counter()
         sync = pools.sync_weights()
         t4 = time.perf_counter()

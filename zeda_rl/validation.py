@@ -159,6 +159,15 @@ def validate(cfg: RunConfig) -> None:
             f"stage2.prompts_per_step x samples_per_prompt = {per_step} is smaller than the "
             f"rollout ({r.num_workers}) or trainer ({tr.num_workers}) pool"
         )
+    if cfg.stage2.loss not in ("opd", "topk_kl"):
+        _fail(f"stage2.loss={cfg.stage2.loss!r}: 'opd' (the method) or 'topk_kl'")
+    if cfg.stage2.loss == "topk_kl" and not 1 <= cfg.stage2.teacher_top_k <= 20:
+        _fail(
+            f"stage2.teacher_top_k={cfg.stage2.teacher_top_k}: between 1 and 20 (the "
+            "teacher engine's log-probability limit)"
+        )
+    if cfg.stage2.kl_positions not in ("response", "all"):
+        _fail(f"stage2.kl_positions={cfg.stage2.kl_positions!r}: 'response' or 'all'")
     if not 0 <= cfg.stage1.warmup_ratio < 1:
         _fail(f"stage1.warmup_ratio={cfg.stage1.warmup_ratio} must be in [0, 1)")
     if cfg.logging.wandb_mode not in ("offline", "online", "disabled"):

@@ -151,3 +151,37 @@ def score(
             values.append(float(scaled[(ids == seq[pos]).nonzero()[0, 0]]))
         result.append(values)
     return result
+
+
+def score_topk(
+    llm, sequences: list[tuple[list[int], list[int]]], *, k: int, prompt_positions: bool = False
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The model's ``k`` most likely next tokens and their log-probabilities (temperature 1)
+    at every position that predicts a response token (``[len(response), k]`` int32 ids and
+    float32 log-probabilities), or with ``prompt_positions`` at every fed position
+    (``[len(prompt) + len(response) - 1, k]``), from one prefill per (prompt, response)."""
+    from vllm import SamplingParams
+
+    params = SamplingParams(max_tokens=1, prompt_logprobs=k, detokenize=False)
+    seqs = [p + r for p, r in sequences]
+    outputs = llm.generate([{"prompt_token_ids": s} for s in seqs], params, use_tqdm=False)
+    result = []
+    for (prompt, _), seq, out in zip(sequences, seqs, outputs, strict=True):
+        # prompt_logprobs[t] is the distribution of token t given tokens before it.
+        first = 1 if prompt_positions else len(prompt)
+        rows = len(seq) - first
+        ids = np.zeros((rows, k), np.int32)
+        values = np.zeros((rows, k), np.float32)
+        for row, pos in enumerate(range(first, len(seq))):
+            # vLLM adds the actual token to the top-k when it ranks lower; keep ranks 1..k.
+            top = sorted(
+                (lp.rank, token, lp.logprob)
+                for token, lp in out.prompt_logprobs[pos].items()
+                if lp.rank is not None and lp.rank <= k
+            )
+            if len(top) != k:
+                raise RuntimeError(f"vLLM returned {len(top)} of the top-{k} log-probabilities")
+            ids[row] = [token for _, token, _ in top]
+            values[row] = [value for _, _, value in top]
+        result.append((ids, values))
+    return result

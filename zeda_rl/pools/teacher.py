@@ -1,9 +1,12 @@
 """Teacher pool: the frozen original model in vLLM. Stage 1 asks it for responses; stage 2
-for the log-probabilities of the student's sampled tokens (same tokens, same temperature)."""
+for the log-probabilities of the student's sampled tokens (same tokens, same temperature),
+or with ``stage2.loss=topk_kl`` for its top-k distribution at every response position."""
 
 from __future__ import annotations
 
-from zeda_rl.pools.engine import Generation, sample, score, start_engine
+import numpy as np
+
+from zeda_rl.pools.engine import Generation, sample, score, score_topk, start_engine
 
 
 class TeacherWorker:
@@ -45,3 +48,8 @@ class TeacherWorker:
 
     def score(self, sequences: list[tuple[list[int], list[int]]]) -> list[list[float]]:
         return score(self.llm, sequences, temperature=self.temperature)
+
+    def score_topk(
+        self, sequences: list[tuple[list[int], list[int]]], k: int, prompt_positions: bool
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        return score_topk(self.llm, sequences, k=k, prompt_positions=prompt_positions)

@@ -20,9 +20,13 @@ import torch.distributed as dist
 from zeda_rl.config import TRAINER_BACKENDS
 from zeda_rl.losses.group_aux_loss import GroupAuxLossConfig, group_aux_loss
 from zeda_rl.losses.opd_loss import opd_policy_loss, response_nll, token_logprobs
+from zeda_rl.losses.topk_kl import topk_reverse_kl
 from zeda_rl.trainer.batch import Batch, Sample, collate, pad_batch
 
-OBJECTIVES = ("sft", "opd")
+# sft: response NLL (stage 1); opd: the method's PPO-clipped one-sample OPD (stage 2);
+# topk_kl: exact reverse KL over the teacher's top-k + tail, on the student's samples.
+OBJECTIVES = ("sft", "opd", "topk_kl")
+ON_POLICY = ("opd", "topk_kl")
 MAX_LOCKSTEP_BATCHES = 256  # micro-batches per rank and step a lockstep backend can align
 
 
@@ -175,7 +179,7 @@ class StepBackend:
             group["lr"] = lr
         for param in self._trained:  # with offload the optimizer holds other tensors
             param.grad = None
-        batches = self._batches(samples, replay=objective == "opd" and self.routing_replay)
+        batches = self._batches(samples, replay=objective in ON_POLICY and self.routing_replay)
         # GAL is a per-micro-batch loss: average it over every real micro-batch of the step.
         real = sum(1 for _, rows in batches if rows)
         total_micro = float(self._all_reduce_sum(torch.tensor(float(real))))
@@ -190,6 +194,8 @@ class StepBackend:
             if objective == "sft":
                 main = response_nll(logp, batch.loss_mask, normalizer=global_tokens)
                 stats = {"nll_sum": float(main.detach()) * global_tokens}
+            elif objective == "topk_kl":
+                main, stats = self._topk_kl(logits, logp, batch, rows, global_tokens)
             else:
                 if batch.rollout_logprobs is None or batch.teacher_logprobs is None:
                     raise ValueError("on-policy distillation needs rollout and teacher logprobs")
@@ -228,6 +234,34 @@ class StepBackend:
             objective,
         )
 
+    def _topk_kl(self, logits, logp, batch: Batch, rows: int, global_tokens: int):
+        """The top-k reverse KL of one micro-batch, and the rollout-vs-trainer log-prob gap
+        of the sampled tokens (the same train/serve check as OPD's)."""
+        keys = (
+            "reverse_kl_sum",
+            "teacher_tail_sum",
+            "train_rollout_logprob_abs_diff_sum",
+            "response_tokens_sum",
+        )
+        if not rows:  # an empty lockstep batch: no teacher data, zero loss, same keys
+            return logits.sum() * 0.0, dict.fromkeys(keys, 0.0)
+        if batch.teacher_topk_ids is None or batch.rollout_logprobs is None:
+            raise ValueError("topk_kl needs the teacher's top-k and the rollout logprobs")
+        # ``global_tokens`` counts the positions with a teacher top-k (responses, or every
+        # fed position with ``stage2.kl_positions=all``).
+        main, stats = topk_reverse_kl(
+            logits,
+            batch.teacher_topk_ids,
+            batch.teacher_topk_logprobs,
+            batch.teacher_topk_mask,
+            normalizer=global_tokens,
+        )
+        mask = batch.loss_mask.to(logp.dtype)
+        gap = ((logp.detach() - batch.rollout_logprobs).abs() * mask).sum()
+        stats["train_rollout_logprob_abs_diff_sum"] = float(gap)
+        stats["response_tokens_sum"] = float(mask.sum())
+        return main, {k: stats[k] for k in keys}
+
     def _optimizer_step(self) -> None:
         if not self.optim.offload:
             self.optimizer.step()
@@ -264,9 +298,14 @@ class StepBackend:
             metrics["nll"] = reduced["nll_sum"] / global_tokens
         else:
             metrics["reverse_kl"] = reduced["reverse_kl_sum"] / global_tokens
-            metrics["clip_fraction"] = reduced["clipped_sum"] / global_tokens
+            response_tokens = float(global_tokens)
+            if objective == "opd":
+                metrics["clip_fraction"] = reduced["clipped_sum"] / global_tokens
+            else:
+                metrics["teacher_tail"] = reduced["teacher_tail_sum"] / global_tokens
+                response_tokens = max(reduced["response_tokens_sum"], 1.0)
             metrics["train_rollout_logprob_diff"] = (
-                reduced["train_rollout_logprob_abs_diff_sum"] / global_tokens
+                reduced["train_rollout_logprob_abs_diff_sum"] / response_tokens
             )
         return metrics
 

@@ -23,6 +23,10 @@ class Sample:
     rollout_logprobs: list[float] | None = None
     teacher_logprobs: list[float] | None = None
     routes: np.ndarray | None = None
+    # ``stage2.loss=topk_kl``: the teacher's top-k ids and log-probabilities at each response
+    # token's position, ``[len(response), k]``, or at every fed position, ``[fed_length, k]``.
+    teacher_topk_ids: np.ndarray | None = None
+    teacher_topk_logprobs: np.ndarray | None = None
 
     @property
     def fed_length(self) -> int:
@@ -38,6 +42,9 @@ class Batch:
     rollout_logprobs: torch.Tensor | None = None  # [B, S], aligned with targets
     teacher_logprobs: torch.Tensor | None = None
     replay: dict[int, torch.Tensor] | None = None  # MoE layer -> [B * S, K]
+    teacher_topk_ids: torch.Tensor | None = None  # [B, S, k], aligned with targets
+    teacher_topk_logprobs: torch.Tensor | None = None
+    teacher_topk_mask: torch.Tensor | None = None  # [B, S] where the teacher's top-k is
 
     @property
     def num_tokens(self) -> int:
@@ -55,6 +62,9 @@ class Batch:
             move(self.rollout_logprobs),
             move(self.teacher_logprobs),
             None if self.replay is None else {k: v.to(device) for k, v in self.replay.items()},
+            move(self.teacher_topk_ids),
+            move(self.teacher_topk_logprobs),
+            move(self.teacher_topk_mask),
         )
 
 
@@ -86,6 +96,31 @@ def collate(samples: list[Sample], *, pad_id: int, moe_layers: list[int] | None 
             rollout[i, p - 1 : p - 1 + r] = torch.tensor(s.rollout_logprobs)
         if teacher is not None:
             teacher[i, p - 1 : p - 1 + r] = torch.tensor(s.teacher_logprobs)
+    topk_ids = topk_logprobs = topk_mask = None
+    if all(s.teacher_topk_ids is not None for s in samples):
+        k = samples[0].teacher_topk_ids.shape[-1]
+        # Padding rows point at token 0 with log-probability 0; they are masked out.
+        topk_ids = torch.zeros(b, length, k, dtype=torch.long)
+        topk_logprobs = torch.zeros(b, length, k)
+        topk_mask = torch.zeros(b, length, dtype=torch.bool)
+        for i, s in enumerate(samples):
+            p, r = len(s.prompt_ids), len(s.response_ids)
+            rows = s.teacher_topk_ids.shape[0]
+            # Response positions only, or every fed position.
+            start = {r: p - 1, s.fed_length: 0}.get(rows)
+            if (
+                start is None
+                or s.teacher_topk_ids.shape != (rows, k)
+                or (s.teacher_topk_logprobs.shape != (rows, k))
+            ):
+                raise ValueError(
+                    f"sample {i}: teacher top-k of shape {s.teacher_topk_ids.shape}, "
+                    f"expected ({r}, {k}) or ({s.fed_length}, {k})"
+                )
+            span = slice(start, start + rows)
+            topk_ids[i, span] = torch.from_numpy(s.teacher_topk_ids.astype(np.int64))
+            topk_logprobs[i, span] = torch.from_numpy(s.teacher_topk_logprobs.astype(np.float32))
+            topk_mask[i, span] = True
     replay = None
     if moe_layers is not None and all(s.routes is not None for s in samples):
         top_k = samples[0].routes.shape[-1]
@@ -101,7 +136,18 @@ def collate(samples: list[Sample], *, pad_id: int, moe_layers: list[int] | None 
         replay = {
             layer: ids[:, :, j].reshape(b * length, top_k) for j, layer in enumerate(moe_layers)
         }
-    return Batch(input_ids, attention, targets, loss_mask, rollout, teacher, replay)
+    return Batch(
+        input_ids,
+        attention,
+        targets,
+        loss_mask,
+        rollout,
+        teacher,
+        replay,
+        topk_ids,
+        topk_logprobs,
+        topk_mask,
+    )
 
 
 def pad_batch(
@@ -133,6 +179,13 @@ def pad_batch(
         out[:b, :s] = t
         return out
 
+    def grow_topk(t: torch.Tensor | None) -> torch.Tensor | None:
+        if t is None:
+            return None
+        out = torch.zeros(rows, length, t.shape[-1], dtype=t.dtype)
+        out[:b, :s] = t
+        return out
+
     replay = None
     if moe_layers is not None:
         replay = {}
@@ -151,4 +204,7 @@ def pad_batch(
         grow(batch.rollout_logprobs, 0.0) if not empty else torch.zeros(rows, length),
         grow(batch.teacher_logprobs, 0.0) if not empty else torch.zeros(rows, length),
         replay,
+        grow_topk(batch.teacher_topk_ids),
+        grow_topk(batch.teacher_topk_logprobs),
+        grow(batch.teacher_topk_mask, False),
     )
