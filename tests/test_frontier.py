@@ -4,6 +4,7 @@ variants of a tiny converted model."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -163,3 +164,39 @@ def test_baselines_are_evaluated_once_per_teacher_and_items(
     other_routing = frontier.Variant("top_p", "top-p 0.6", "a", {"routing_top_p": 0.6})
     frontier.evaluate_cached(other_routing, None, teacher_dir, items, **kw)
     assert len(calls) == 3  # new items or another routing are evaluated afresh
+
+
+def _bench_module(name: str):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_stage2_trend_refuses_unfinished_runs_and_builds_checkpoint_models(tmp_path, capsys):
+    trend = _bench_module("stage2_trend")
+    assert trend.main(["--run", str(tmp_path)]) == 2
+    assert "no summary.json" in capsys.readouterr().out
+    (tmp_path / "summary.json").write_text("{}")
+    assert trend.main(["--run", str(tmp_path)]) == 2
+    assert "checkpoint.every_steps" in capsys.readouterr().out
+    checkpoint, student = tmp_path / "stage2-000099", tmp_path / "student"
+    checkpoint.mkdir()
+    student.mkdir()
+    for name in ("config.json", "model.safetensors", "state.json", "optimizer.pt"):
+        (checkpoint / name).write_text(name)
+    for name in ("tokenizer.json", "tokenizer_config.json", "config.json"):
+        (student / name).write_text("student " + name)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    folder = trend.checkpoint_as_model(checkpoint, student, scratch)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
+    assert (folder / "config.json").read_text() == "config.json"  # the checkpoint's own

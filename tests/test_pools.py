@@ -69,6 +69,10 @@ def test_weight_sync_and_dead_actors_are_replaced(tmp_path, method):
         pools.train(probe, "sft", lr=0.05)
         pools.sync_weights()
         assert check_sync(cfg, pools, probe) <= 1e-4
+        # A step the engines never received is caught.
+        pools.train(probe, "sft", lr=0.05)
+        with pytest.raises(RuntimeError, match="weight sync check failed"):
+            check_sync(cfg, pools, probe)
     finally:
         if pools is not None:
             pools.shutdown()

@@ -155,6 +155,8 @@ class WeightSyncConfig:
     bucket_mb: float = 64.0
     check_logprobs: bool = False  # after each sync, rollout vs trainer logprobs on a probe
     check_tolerance: float = 1e-3  # max |difference| of per-token logprobs
+    # ... allowed at this share of the probe's positions (router near-ties, see check_sync)
+    check_outlier_share: float = 0.1
 
 
 @dataclass

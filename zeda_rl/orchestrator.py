@@ -376,24 +376,33 @@ def run_stage2(
 
 def check_sync(cfg: RunConfig, pools: Pools, probe: list[Sample]) -> float:
     """Every rollout engine's vs the trainer's logprobs of the same tokens after a sync
-    (fresh routing on both sides, temperature 1): they must agree to
-    ``weight_sync.check_tolerance``. Returns the largest difference."""
+    (fresh routing on both sides, temperature 1). Returns the largest difference.
+
+    A failed sync moves most positions; a router near-tie that floating-point order breaks
+    the other way on one side moves a few (seen once in 126 steps at 1e-2). So the check
+    fails when more than ``weight_sync.check_outlier_share`` of the positions differ by more
+    than ``weight_sync.check_tolerance``.
+    """
     pairs = [(s.prompt_ids, s.response_ids) for s in probe]
     engines = pools.get([w.score.remote(pairs, 1.0) for w in pools.rollouts])
     # Every rank computes (a lockstep backend needs all of them); rank 0's answer is used.
     trainer = pools.get([t.logprobs.remote(probe, 1.0, False) for t in pools.trainers])[0]
-    diff = max(
+    diffs = [
         abs(a - b)
         for engine in engines
         for e, t in zip(engine, trainer, strict=True)
         for a, b in zip(e, t, strict=True)
-    )
-    if diff > cfg.weight_sync.check_tolerance:
+    ]
+    tolerance = cfg.weight_sync.check_tolerance
+    outliers = sum(d > tolerance for d in diffs)
+    if outliers > cfg.weight_sync.check_outlier_share * len(diffs):
         raise RuntimeError(
-            f"weight sync check failed: rollout and trainer logprobs differ by {diff:.3e} "
-            f"(> weight_sync.check_tolerance={cfg.weight_sync.check_tolerance})"
+            f"weight sync check failed: rollout and trainer logprobs differ by more than "
+            f"weight_sync.check_tolerance={tolerance} at {outliers} of {len(diffs)} positions "
+            f"(largest {max(diffs):.3e}; weight_sync.check_outlier_share="
+            f"{cfg.weight_sync.check_outlier_share})"
         )
-    return diff
+    return max(diffs)
 
 
 class Checkpointer:

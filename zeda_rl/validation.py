@@ -166,6 +166,11 @@ def validate(cfg: RunConfig) -> None:
             f"stage2.teacher_top_k={cfg.stage2.teacher_top_k}: between 1 and 20 (the "
             "teacher engine's log-probability limit)"
         )
+    if not 0 <= cfg.weight_sync.check_outlier_share < 1:
+        _fail(
+            f"weight_sync.check_outlier_share={cfg.weight_sync.check_outlier_share} must be "
+            "in [0, 1)"
+        )
     if cfg.stage2.kl_positions not in ("response", "all"):
         _fail(f"stage2.kl_positions={cfg.stage2.kl_positions!r}: 'response' or 'all'")
     if not 0 <= cfg.stage1.warmup_ratio < 1:
