@@ -79,8 +79,11 @@ def test_written_frontier_and_console_lines(tmp_path):
     assert "+6.0 pt" in text  # seed 0's accuracy against Top-P at 35 %
     assert paths["frontier_accuracy"].stat().st_size > 0
     lines = compact_lines(POINTS)
-    assert lines[1].startswith("teacher") and lines[-1].startswith("ZEDA student")
-    assert "35.0%" in lines[2] and "49.0%" in lines[2]  # Top-P interpolated at 35 %
+    assert lines[1].startswith("teacher") and len(lines) == 2 + 3
+    # One row per student point by share: Top-P (49 %, 0.11 at 35 %) and the KL ratio.
+    assert lines[2].startswith("ZEDA student") and "35.0%" in lines[2]
+    assert "49.0% / 0.1100" in lines[2] and lines[2].endswith("0.45x")
+    assert lines[-1].startswith("ZEDA, dial +1") and lines[-1].endswith("-")  # beyond the sweep
 
 
 class _ByteTokenizer:

@@ -83,6 +83,9 @@ def test_trained_teacher_source_with_evaluation(tmp_path):
         (["+experiment=tiny", "stage2.betas=[0.9,1.0]"], "stage2.betas=[0.9, 1.0]"),
         (["+experiment=tiny", "eval.frontier_items=1"], "eval.frontier_items=1"),
         (["+experiment=tiny", "stage2.loss=kl"], "stage2.loss='kl'"),
+        (["+experiment=tiny", "eval.frontier_dial=[0]"], "eval.frontier_dial=[0]"),
+        (["+experiment=tiny", "weight_sync.check_outlier_share=1"], "check_outlier_share=1"),
+        (["+experiment=tiny", "stage2.kl_positions=prompt"], "stage2.kl_positions='prompt'"),
         (
             ["+experiment=tiny", "stage2.loss=topk_kl", "stage2.teacher_top_k=64"],
             "stage2.teacher_top_k=64",

@@ -55,6 +55,7 @@ def test_pipeline_end_to_end(tmp_path):
             "eval.frontier=true",
             "eval.frontier_items=6",
             "eval.frontier_top_p=[0.5]",
+            "eval.frontier_dial=[0.5]",
         ),
         env=_env(tmp_path),
         capture_output=True,
@@ -79,14 +80,17 @@ def test_pipeline_end_to_end(tmp_path):
     found = latest_checkpoint(run_dir / "checkpoints")
     assert found is not None and found[1] == {"stage": "stage2", "step": 2, "seed": 0}
     assert list((run_dir / "wandb").glob("offline-run-*")), "wandb offline run missing"
-    # The frontier after adaptation: teacher, Top-P, static top-1 and the student on held-out
-    # additions, the compact comparison printed.
+    # The frontier after adaptation: teacher, Top-P, static top-1, the student and the
+    # student at dial +0.5 on held-out additions, the compact comparison printed.
     points = summary["frontier"]["points"]
-    assert [p["method"] for p in points] == ["teacher", "top_p", "static_top_k", "zeda"]
+    methods = [p["method"] for p in points]
+    assert methods == ["teacher", "top_p", "static_top_k", "zeda", "zeda_dial"]
     assert points[0]["zero_share"] == 0.0 and points[2]["zero_share"] == pytest.approx(0.5)
+    assert points[4]["zero_share"] >= points[3]["zero_share"]  # the dial skips more
     assert all(p["reverse_kl"] is not None for p in points)
     assert (run_dir / "frontier" / "frontier.md").is_file()
-    assert "Top-P (interpolated)" in result.stdout and "ZEDA student" in result.stdout
+    assert "Top-P acc / KL" in result.stdout and "ZEDA student" in result.stdout
+    assert "ZEDA, dial +0.5" in result.stdout
 
 
 @pytest.mark.slow

@@ -41,6 +41,9 @@ class EvalConfig:
     frontier: bool = False
     frontier_top_p: list[float] = field(default_factory=lambda: [0.9, 0.8, 0.7, 0.6, 0.5])
     frontier_items: int = 240
+    # The student also at these settings of the compute dial (zero_expert_bias; 0 is the
+    # student itself), each compared at its own share.
+    frontier_dial: list[float] = field(default_factory=list)
 
 
 @dataclass

@@ -218,6 +218,7 @@ def _frontier(
         Variant,
         baseline_variants,
         compact_lines,
+        dial_variants,
         evaluate_point,
         write_frontier,
     )
@@ -230,7 +231,9 @@ def _frontier(
         str(student_dir),
         teacher.config.num_experts_per_tok,
         cfg.eval.frontier_top_p,
-    ) + [Variant("zeda", "student", str(final), seed=cfg.seed)]
+    )
+    variants.append(Variant("zeda", "student", str(final), seed=cfg.seed))
+    variants += dial_variants(str(final), cfg.eval.frontier_dial, cfg.seed)
     out = run_dir / "frontier"
     points = [
         evaluate_point(
@@ -323,8 +326,9 @@ def format_summary(summary: dict, run_dir: Path) -> str:
     frontier = summary.get("frontier")
     if frontier and frontier.get("compact"):
         lines.append(
-            f"at the student's share of skipped picks, {frontier['items']} held-out "
-            f"{frontier['suite']} items (full table: frontier/frontier.md):"
+            f"the student against the training-free baselines at its own share of skipped "
+            f"picks, {frontier['items']} held-out {frontier['suite']} items (full table: "
+            "frontier/frontier.md):"
         )
         lines += ["  " + line for line in frontier["compact"]]
     pipe = summary.get("pipeline")

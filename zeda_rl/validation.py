@@ -70,6 +70,11 @@ def validate(cfg: RunConfig) -> None:
         values = list(getattr(cfg.eval, name))
         if bad_p := [p for p in values if not 0 < p <= 1]:
             _fail(f"eval.{name}={values}: {bad_p} not in (0, 1]")
+    if any(b == 0 or abs(b) > 10 for b in cfg.eval.frontier_dial):
+        _fail(
+            f"eval.frontier_dial={list(cfg.eval.frontier_dial)}: nonzero biases within "
+            "[-10, 10] (0 is the student itself, always evaluated)"
+        )
     if cfg.eval.frontier and cfg.eval.frontier_items < len(cfg.prompts.mix):
         _fail(f"eval.frontier_items={cfg.eval.frontier_items}: fewer than one per family")
 

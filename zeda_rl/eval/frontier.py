@@ -296,25 +296,34 @@ def markdown_table(points: Sequence[dict], title: str) -> str:
 
 
 def compact_lines(points: Sequence[dict]) -> list[str]:
-    """The few console lines of the trade a run achieved: teacher, the baselines at the
-    student's share, the student."""
-    student = next((p for p in points if p["method"] == "zeda"), None)
+    """The few console lines of the trade a run achieved: the teacher, then the student and
+    each of its dial settings with Top-P and static top-K' interpolated at that point's own
+    share ("-" beyond a baseline's sweep) and the ratio of reverse KLs."""
     teacher = next((p for p in points if p["method"] == "teacher"), None)
-    if student is None or teacher is None:
+    students = [p for p in points if p["method"] in ("zeda", "zeda_dial")]
+    if teacher is None or not students:
         return []
-    share = student["zero_share"]
-    w = 30
-    header = f"{'':{w}s}{'zero share':>11s}{'accuracy':>10s}{'reverse KL':>12s}"
-    lines = [header, f"{'teacher':{w}s}{_pct(0.0):>11s}{_pct(teacher['accuracy']):>10s}{'-':>12s}"]
-    for method, name in (("top_p", "Top-P"), ("static_top_k", "static top-K'")):
-        c = curve(points, method)
-        acc, kl = interpolate(c, share, "accuracy"), interpolate(c, share, "reverse_kl")
-        label = f"{name} (interpolated)"
-        lines.append(f"{label:{w}s}{_pct(share):>11s}{_pct(acc):>10s}{_kl(kl):>12s}")
-    lines.append(
-        f"{'ZEDA student':{w}s}{_pct(share):>11s}{_pct(student['accuracy']):>10s}"
-        f"{_kl(student.get('reverse_kl')):>12s}"
+    w = 22
+    header = (
+        f"{'':{w}s}{'zero share':>11s}{'accuracy':>10s}{'reverse KL':>12s}"
+        f"{'Top-P acc / KL':>19s}{'static acc / KL':>19s}{'KL / Top-P':>12s}"
     )
+    lines = [header, f"{'teacher':{w}s}{_pct(0.0):>11s}{_pct(teacher['accuracy']):>10s}"]
+    curves = {m: curve(points, m) for m in BASELINE_METHODS}
+    for p in sorted(students, key=lambda p: p["zero_share"]):
+        share, kl = p["zero_share"], p.get("reverse_kl")
+        cells = []
+        for method in BASELINE_METHODS:
+            acc = interpolate(curves[method], share, "accuracy")
+            base_kl = interpolate(curves[method], share, "reverse_kl")
+            cells.append("-" if acc is None else f"{_pct(acc)} / {_kl(base_kl)}")
+        top_kl = interpolate(curves["top_p"], share, "reverse_kl")
+        ratio = f"{kl / top_kl:.2f}x" if kl is not None and top_kl else "-"
+        name = "ZEDA student" if p["method"] == "zeda" else f"ZEDA, {p['label']}"
+        lines.append(
+            f"{name:{w}s}{_pct(share):>11s}{_pct(p['accuracy']):>10s}{_kl(kl):>12s}"
+            f"{cells[0]:>19s}{cells[1]:>19s}{ratio:>12s}"
+        )
     return lines
 
 
