@@ -65,8 +65,8 @@ class TrainerBackend(Protocol):
 
 
 class StepBackend:
-    """The step logic every backend shares: micro-batches, response NLL or PPO-clipped OPD,
-    the Group Auxiliary Loss from the routers' records, metrics all-reduced over ranks.
+    """The step logic every backend shares: micro-batches, response NLL, PPO-clipped OPD or
+    the top-k reverse KL, the Group Auxiliary Loss from the routers' records, metrics all-reduced over ranks.
 
     A backend provides ``model`` and ``optimizer`` and implements ``_forward`` (logits and
     the MoE layers' routing records of one batch) and ``_gradient_groups`` (which gradients
