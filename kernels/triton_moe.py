@@ -528,14 +528,14 @@ def used_blocks_bound(capacity_blocks: int, num_slots: int) -> int:
     return max(1, min(capacity_blocks, num_slots))
 
 
-def _tile_configs() -> list:
-    return [
-        triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=warps, num_stages=stages)
-        for n in (64, 128)
-        for k in (32, 64, 128)
-        for warps in (4, 8)
-        for stages in (2, 3)
-    ]
+# The forward GEMMs' autotune space (BLOCK_M is set by the token count, see ``_blocks``).
+TILE_CONFIGS = [
+    triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=warps, num_stages=stages)
+    for n in (64, 128)
+    for k in (32, 64, 128)
+    for warps in (4, 8)
+    for stages in (2, 3)
+]
 
 
 # The forward GEMMs with their tiles tuned per shape (compiled kernels only: the tuner times
@@ -544,12 +544,12 @@ def _tile_configs() -> list:
 if _INTERPRETED:
     _gate_up_tuned = _down_tuned = _down_atomic_tuned = None
 else:
-    _gate_up_tuned = triton.autotune(_tile_configs(), key=["hidden", "inter"])(_gate_up_kernel)
-    _down_tuned = triton.autotune(_tile_configs(), key=["n_cols", "k_dim"])(
+    _gate_up_tuned = triton.autotune(TILE_CONFIGS, key=["hidden", "inter"])(_gate_up_kernel)
+    _down_tuned = triton.autotune(TILE_CONFIGS, key=["n_cols", "k_dim"])(
         _rows_times_expert_kernel
     )
     _down_atomic_tuned = triton.autotune(
-        _tile_configs(), key=["n_cols", "k_dim"], restore_value=["out_ptr"]
+        TILE_CONFIGS, key=["n_cols", "k_dim"], restore_value=["out_ptr"]
     )(_rows_times_expert_kernel)
 
 
