@@ -32,22 +32,7 @@ import json
 import statistics
 
 import torch
-
-MODELS = {
-    "qwen3": dict(experts=128, zero=64, top_k=8, hidden=2048, inter=768),
-    "glm": dict(experts=64, zero=32, top_k=4, hidden=2048, inter=1536),
-}
-
-
-def routes(tokens, experts, zero, top_k, rate, skewed, gen):
-    zero_picks = round(rate * top_k)
-    if skewed:
-        probs = 1.0 / torch.arange(1, experts + 1, dtype=torch.float64) ** 1.2
-    else:
-        probs = torch.ones(experts, dtype=torch.float64)
-    real = torch.multinomial(probs.expand(tokens, -1), top_k - zero_picks, generator=gen)
-    zeros = experts + torch.rand(tokens, zero, generator=gen).argsort(1)[:, :zero_picks]
-    return torch.cat([real, zeros], 1)
+from zeda_kernels.model_shapes import MOE_SHAPES, synthetic_routes
 
 
 def timed(fn, repeats: int = 20) -> float:
@@ -81,8 +66,8 @@ def bench_moe(model: str, tokens_list, rates, routings) -> list[dict]:
     from zeda_kernels.triton_moe import fused_experts_forward
 
     have_te = backend_unavailable("te", cuda=True) is None
-    shape = MODELS[model]
-    n, nz, k, h, i = (shape[x] for x in ("experts", "zero", "top_k", "hidden", "inter"))
+    shape = MOE_SHAPES[model]
+    n, k, h, i = shape.real_experts, shape.top_k, shape.hidden, shape.inter
     dev, dt = torch.device("cuda"), torch.bfloat16
     gen = torch.Generator().manual_seed(0)
     gate_up = (torch.randn(n, 2 * i, h, generator=gen) / h**0.5).to(dev, dt)
@@ -94,7 +79,8 @@ def bench_moe(model: str, tokens_list, rates, routings) -> list[dict]:
             weights = torch.rand(tokens, k, generator=gen).to(dev)
             base = None
             for rate in rates:
-                ids = routes(tokens, n, nz, k, rate, routing == "skewed", gen).to(dev)
+                skewed = routing == "skewed"
+                ids = synthetic_routes(tokens, shape, rate, skewed=skewed, generator=gen).to(dev)
                 real = int((ids < n).sum())
                 distinct = int(torch.unique(ids[ids < n]).numel())
                 expert0 = torch.where(ids < n, ids, 0)
@@ -152,8 +138,8 @@ def bench_layer_stack(layers: int, tokens: int) -> list[dict]:
     import torch.nn.functional as F
     from zeda_kernels.moe_dispatch import grouped_experts_forward
 
-    s = MODELS["qwen3"]
-    n, nz, k, h, i = (s[x] for x in ("experts", "zero", "top_k", "hidden", "inter"))
+    shape = MOE_SHAPES["qwen3"]
+    n, k, h, i = shape.real_experts, shape.top_k, shape.hidden, shape.inter
     dev, dt = torch.device("cuda"), torch.bfloat16
     gen = torch.Generator().manual_seed(0)
 
@@ -172,7 +158,7 @@ def bench_layer_stack(layers: int, tokens: int) -> list[dict]:
     x0 = torch.randn(1, tokens, h, generator=gen).to(dev, dt)
     rows = []
     for rate in (0.0, 0.5):
-        ids = routes(tokens, n, nz, k, rate, False, gen).to(dev)
+        ids = synthetic_routes(tokens, shape, rate, generator=gen).to(dev)
         w = torch.rand(tokens, k, generator=gen).to(dev)
 
         def stack(ids=ids, w=w):
@@ -201,7 +187,7 @@ def bench_layer_stack(layers: int, tokens: int) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="both", choices=["qwen3", "glm", "both"])
+    parser.add_argument("--model", default="both", choices=[*MOE_SHAPES, "both"])
     parser.add_argument("--tokens", default="1,16,256,4096,16384")
     parser.add_argument("--zero", default="0,0.25,0.5")
     parser.add_argument("--routing", default="uniform,skewed")

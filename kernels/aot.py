@@ -38,35 +38,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-
+from zeda_kernels.gpu_arch import ARCHS, GpuArch
 from zeda_kernels.model_shapes import MOE_SHAPES, MoeShape
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # Forward kernels must not spill at any config the autotuner may pick (issue 16).
 FORWARD_KERNELS = ("count", "scatter", "gate_up", "down", "down_atomic", "combine")
-
-
-@dataclass(frozen=True)
-class GpuArch:
-    """Per-SM limits that decide whether a kernel fits and how many blocks share an SM."""
-
-    name: str
-    capability: int
-    smem_per_block: int  # bytes a block may opt in to
-    smem_per_sm: int
-    regs_per_sm: int = 65536
-    max_regs_per_thread: int = 255
-    max_warps_per_sm: int = 64
-    max_blocks_per_sm: int = 32
-    smem_reserved_per_block: int = 1024  # the driver's share of each block's shared memory
-
-
-ARCHS: dict[int, GpuArch] = {
-    # CUDA C programming guide, compute capability tables: 227 KB per block, 228 KB per SM.
-    90: GpuArch("H100/H200 (sm_90)", 90, smem_per_block=232448, smem_per_sm=233472),
-    # 163 KB per block, 164 KB per SM.
-    80: GpuArch("A100 (sm_80)", 80, smem_per_block=166912, smem_per_sm=167936),
-}
 
 
 @dataclass
@@ -140,7 +117,7 @@ def _unit_from_call(kernel: str, jit_fn, args: tuple, kwargs: dict, autotuned: b
     from triton.backends.compiler import BaseBackend
 
     names = jit_fn.arg_names
-    bound = dict(zip(names, args)) | {k: v for k, v in kwargs.items() if k in names}
+    bound = dict(zip(names, args, strict=False)) | {k: v for k, v in kwargs.items() if k in names}
     options = {k: v for k, v in kwargs.items() if k not in names}
     const_names = {p.name for p in jit_fn.params if p.is_constexpr}
     signature: dict[str, str] = {}
@@ -193,7 +170,7 @@ def _recorded_launches() -> Iterator[list[tuple[Any, tuple, dict, list | None]]]
         calls.append((self, args, kwargs, None))
 
     def tuned_run(self, *args, grid=None, warmup=False, **kwargs):
-        self.nargs = dict(zip(self.arg_names, args))
+        self.nargs = dict(zip(self.arg_names, args, strict=False))
         configs = self.prune_configs(kwargs)
         self.nargs = None
         calls.append((self.fn, args, kwargs, configs))
@@ -263,13 +240,14 @@ def compile_unit(unit: Unit) -> UnitReport:
     from triton import knobs
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-
     from zeda_kernels import triton_moe
 
     arch = ARCHS[unit.arch]
     report = UnitReport(unit.kernel, unit.arch, unit.dtype, unit.tiles(), unit.autotuned)
     fn = getattr(triton_moe, unit.fn_name)
-    source = ASTSource(fn=fn, signature=unit.signature, constexprs=unit.constexprs, attrs=unit.attrs)
+    source = ASTSource(
+        fn=fn, signature=unit.signature, constexprs=unit.constexprs, attrs=unit.attrs
+    )
     log = io.StringIO()
     start = time.perf_counter()
     try:
@@ -308,10 +286,9 @@ def compile_unit(unit: Unit) -> UnitReport:
 def _compile_in_private_cache(unit: Unit) -> UnitReport:
     from triton import knobs
 
-    with tempfile.TemporaryDirectory(prefix="zeda_aot_") as cache:
-        with knobs.cache.scope():
-            knobs.cache.dir = cache
-            return compile_unit(unit)
+    with tempfile.TemporaryDirectory(prefix="zeda_aot_") as cache, knobs.cache.scope():
+        knobs.cache.dir = cache
+        return compile_unit(unit)
 
 
 def collect_units(

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 
 @dataclass(frozen=True)
 class MoeShape:
@@ -30,3 +32,29 @@ MOE_SHAPES: dict[str, MoeShape] = {
     # GLM-4.7-Flash: 64 routed experts, top-4 (its shared expert is a dense MLP, not routed).
     "glm": MoeShape("glm", real_experts=64, zero_experts=32, top_k=4, hidden=2048, inter=1536),
 }
+
+
+def synthetic_routes(
+    tokens: int,
+    shape: MoeShape,
+    zero_rate: float,
+    *,
+    skewed: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """``[tokens, top_k]`` expert ids with exactly ``round(zero_rate x top_k)`` zero picks
+    per token (ids ``>= real_experts``); the real picks are distinct per token, uniform over
+    the experts or Zipf(1.2)-skewed."""
+    zero_picks = round(zero_rate * shape.top_k)
+    if not 0 <= zero_picks <= min(shape.top_k, shape.zero_experts):
+        raise ValueError(f"zero_rate {zero_rate} gives {zero_picks} zero picks of {shape.top_k}")
+    experts = torch.arange(1, shape.real_experts + 1, dtype=torch.float64)
+    probs = 1.0 / experts**1.2 if skewed else torch.ones_like(experts)
+    real_picks = shape.top_k - zero_picks
+    if real_picks:
+        real = torch.multinomial(probs.expand(tokens, -1), real_picks, generator=generator)
+    else:
+        real = torch.empty(tokens, 0, dtype=torch.int64)
+    zero_order = torch.rand(tokens, shape.zero_experts, generator=generator).argsort(1)
+    zeros = shape.real_experts + zero_order[:, :zero_picks]
+    return torch.cat([real, zeros], 1)

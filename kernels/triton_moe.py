@@ -74,6 +74,12 @@ class RealSlotLayout(NamedTuple):
     slot_pos: torch.Tensor  # [T*K] row of each slot; -1 for a zero pick
 
 
+def padded_counts(counts: torch.Tensor, block_m: int) -> torch.Tensor:
+    """Rows each expert's run takes in the grouped order: its real picks rounded up to a
+    whole number of ``block_m`` blocks (an expert with no real pick takes none)."""
+    return (counts + block_m - 1) // block_m * block_m
+
+
 def align_real_slots(topk_ids: torch.Tensor, num_real: int, block_m: int) -> RealSlotLayout:
     """Group the real slots of ``topk_ids`` by expert, padded per expert to ``block_m``;
     zero-expert slots get no row at all (``slot_pos`` -1)."""
@@ -87,7 +93,7 @@ def align_real_slots(topk_ids: torch.Tensor, num_real: int, block_m: int) -> Rea
     block = 256
     grid = (max(1, triton.cdiv(num_slots, block)),)
     _count_kernel[grid](ids, counts, num_slots, num_real, BLOCK=block)
-    padded = (counts + block_m - 1) // block_m * block_m
+    padded = padded_counts(counts, block_m)
     ends = torch.cumsum(padded, 0, dtype=torch.int32)
     starts = (ends - padded).contiguous()
     sorted_slots = torch.full((capacity,), num_slots, dtype=torch.int32, device=device)
@@ -545,9 +551,7 @@ if _INTERPRETED:
     _gate_up_tuned = _down_tuned = _down_atomic_tuned = None
 else:
     _gate_up_tuned = triton.autotune(TILE_CONFIGS, key=["hidden", "inter"])(_gate_up_kernel)
-    _down_tuned = triton.autotune(TILE_CONFIGS, key=["n_cols", "k_dim"])(
-        _rows_times_expert_kernel
-    )
+    _down_tuned = triton.autotune(TILE_CONFIGS, key=["n_cols", "k_dim"])(_rows_times_expert_kernel)
     _down_atomic_tuned = triton.autotune(
         TILE_CONFIGS, key=["n_cols", "k_dim"], restore_value=["out_ptr"]
     )(_rows_times_expert_kernel)
