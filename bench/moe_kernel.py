@@ -185,6 +185,22 @@ def bench_layer_stack(layers: int, tokens: int) -> list[dict]:
     return rows
 
 
+def tuned_configs() -> dict[str, dict[str, str]]:
+    """The tile config each autotuner picked, per tuning key (shape, BLOCK_M, dtypes)."""
+    from zeda_kernels import triton_moe
+
+    tuners = {
+        "gate_up": triton_moe._gate_up_tuned,
+        "down": triton_moe._down_tuned,
+        "down_atomic": triton_moe._down_atomic_tuned,
+    }
+    return {
+        name: {str(key): str(config) for key, config in tuner.cache.items()}
+        for name, tuner in tuners.items()
+        if tuner is not None
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="both", choices=[*MOE_SHAPES, "both"])
@@ -207,7 +223,12 @@ def main() -> None:
         models = ["qwen3", "glm"] if args.model == "both" else [args.model]
         rates = [float(r) for r in args.zero.split(",")]
         rows = [r for m in models for r in bench_moe(m, tokens, rates, args.routing.split(","))]
-    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}
+    result = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "rows": rows,
+        "tuned_configs": tuned_configs(),
+    }
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

@@ -6,7 +6,7 @@
 
 For each shape, token count and zero-pick rate, routes are drawn as bench/moe_kernel.py
 draws them (``synthetic_routes``) and grouped as the kernel groups them (the block size of
-``triton_moe._blocks``, each expert's real picks padded by ``padded_counts``, the launch
+``triton_moe.default_blocks``, each expert's real picks padded by ``padded_counts``, the launch
 bound of ``used_blocks_bound``). Per kernel of the deterministic forward the model counts
 
 - FLOPs on the padded rows the GEMMs really multiply (masked rows still go through
@@ -58,7 +58,7 @@ def forward_costs(shape: MoeShape, topk_ids: torch.Tensor) -> list[KernelCost]:
 
     tokens, top_k = topk_ids.shape
     h, i, n = shape.hidden, shape.inter, shape.real_experts
-    block_m = triton_moe._blocks(tokens * top_k)[0]
+    block_m = triton_moe.default_blocks(tokens * top_k, torch.bfloat16)[0]
     flat = topk_ids.reshape(-1)
     counts = torch.bincount(flat[flat < n], minlength=n)
     real_rows = int(counts.sum())

@@ -300,14 +300,18 @@ def collect_units(
 ) -> list[Unit]:
     """Distinct compile units over the requested grid (shapes that specialise alike, e.g.
     both models' (2048, 768) and (2048, 1536), share their units)."""
+    from zeda_kernels.triton_moe import tile_target
+
     units: dict[tuple, Unit] = {}
-    for dtype in dtypes:
-        for shape_name in shapes:
-            for count in tokens:
-                for unit in launch_units(MOE_SHAPES[shape_name], count, DTYPES[dtype], all_configs):
-                    for arch in archs:
-                        copy = Unit(**{**asdict(unit), "dtype": dtype, "arch": arch})
-                        units.setdefault(copy.key(), copy)
+    for arch in archs:
+        with tile_target(arch):  # the autotuner prunes for this architecture
+            for dtype in dtypes:
+                for shape_name in shapes:
+                    for count in tokens:
+                        shape = MOE_SHAPES[shape_name]
+                        for unit in launch_units(shape, count, DTYPES[dtype], all_configs):
+                            unit.dtype, unit.arch = dtype, arch
+                            units.setdefault(unit.key(), unit)
     return list(units.values())
 
 
@@ -367,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     if not tokens or min(tokens) < 1:
         raise SystemExit(f"--tokens: positive counts expected, got {args.tokens!r}")
 
+    # Triton 3.9 warns on every compile until this is set; 1 is its current default (fused
+    # multiply-adds on), which is what a GPU run compiles with.
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     start = time.perf_counter()
     units = collect_units(archs, dtypes, shapes, tokens, args.all_configs)
     reports = compile_all(units, args.jobs)

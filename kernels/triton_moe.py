@@ -24,7 +24,10 @@ kernels run under ``TRITON_INTERPRET=1`` (for tests on small shapes).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
@@ -469,7 +472,7 @@ def fused_experts_backward(
     num_real, two_inter, size = gate_up_proj.shape
     inter = two_inter // 2
     dev = hidden.device
-    block_m, block_n, block_k = blocks or _blocks(tokens * top_k)
+    block_m, block_n, block_k = blocks or default_blocks(tokens * top_k, hidden.dtype)
     hidden, grad_out = hidden.contiguous(), grad_out.contiguous()
     gate_up_proj, down_proj = gate_up_proj.contiguous(), down_proj.contiguous()
     weights = topk_weights.reshape(-1).contiguous()
@@ -534,7 +537,8 @@ def used_blocks_bound(capacity_blocks: int, num_slots: int) -> int:
     return max(1, min(capacity_blocks, num_slots))
 
 
-# The forward GEMMs' autotune space (BLOCK_M is set by the token count, see ``_blocks``).
+# The forward GEMMs' autotune space (BLOCK_M is set by the token count and dtype: see
+# ``default_blocks``).
 TILE_CONFIGS = [
     triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=warps, num_stages=stages)
     for n in (64, 128)
@@ -544,23 +548,108 @@ TILE_CONFIGS = [
 ]
 
 
-# The forward GEMMs with their tiles tuned per shape (compiled kernels only: the tuner times
-# on the GPU). Both write, never accumulate, so tuning runs leave the right result; the
-# atomic down projection adds into its output, which the tuner restores after each trial.
+# The GPU the autotuner prunes for: the current device's, or a named target while the
+# ahead-of-time compile check (zeda_kernels.aot) records launches for it without a GPU.
+_target_capability: int | None = None
+
+
+@contextlib.contextmanager
+def tile_target(capability: int) -> Iterator[None]:
+    """Prune tile configs for compute capability ``capability`` (e.g. 90) inside the block."""
+    global _target_capability
+    saved, _target_capability = _target_capability, capability
+    try:
+        yield
+    finally:
+        _target_capability = saved
+
+
+def _capability(tensor: torch.Tensor) -> int:
+    if _target_capability is not None:
+        return _target_capability
+    major, minor = torch.cuda.get_device_capability(tensor.device)
+    return 10 * major + minor
+
+
+def prune_tile_configs(
+    configs: list, named_args: dict, *, weight_tiles: int, atomic: bool, **launch: object
+) -> list:
+    """The configs of ``configs`` that fit the target GPU at this launch's BLOCK_M and dtype
+    (Triton's ``early_config_prune``). Two estimates, their limits fitted to the
+    ahead-of-time compile report of every config (docs/benchmarks.md) and checked by it in
+    CI for sm_90 and sm_80 (tests/test_aot.py):
+
+    - shared memory: the pipelined operand buffers, one row tile (BLOCK_M x BLOCK_K) and
+      ``weight_tiles`` weight tiles (BLOCK_K x BLOCK_N) each, at the operand width: as many
+      buffers as stages where Hopper's ``wgmma`` reads 16-bit operands from shared memory,
+      one fewer otherwise; at least the fp32 epilogue tile. Within the per-block limit
+      (gate/up at M64 N128 K128, 3 stages: 240 KiB > 227 KiB on sm_90).
+    - registers: the fp32 accumulator values per thread (x3 for the atomic epilogue, which
+      also holds a 64-bit address per value), plus the operand values per thread where
+      they live in registers (Ampere's ``mma.sync`` fragments; the fp32 FMA path), within a
+      per-architecture budget: past it ptxas spills.
+    """
+    from zeda_kernels.gpu_arch import ARCHS
+
+    weights = named_args["w_ptr"]
+    capability = _capability(weights)
+    arch = ARCHS.get(capability) or ARCHS[max(c for c in ARCHS if c <= capability)]
+    operand_bytes = weights.element_size()
+    tensor_cores = operand_bytes == 2  # fp32 takes the IEEE FMA path
+    wgmma = tensor_cores and capability >= 90
+    block_m = int(launch["BLOCK_M"])
+    kept = []
+    for config in configs:
+        n, k, warps, stages = (
+            config.kwargs["BLOCK_N"], config.kwargs["BLOCK_K"], config.num_warps,
+            config.num_stages,
+        )  # fmt: skip
+        stage_bytes = (block_m * k + weight_tiles * k * n) * operand_bytes
+        buffers = stages if wgmma else stages - 1
+        shared = max(buffers * stage_bytes, block_m * n * 4)
+        threads = 32 * warps
+        live = weight_tiles * block_m * n / threads * (3 if atomic else 1)
+        if not wgmma:
+            live += (block_m * k + weight_tiles * k * n) / threads * operand_bytes / 4
+        if wgmma:
+            fits = live <= 192
+        elif tensor_cores:
+            fits = live <= 168
+        else:  # the FMA path spills erratically past small tiles and with deeper pipelines
+            fits = live <= 44 and stages == 2
+        if fits and shared <= arch.smem_per_block:
+            kept.append(config)
+    # Never prune everything: the smallest tile is always a candidate.
+    return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"])]
+
+
+def _tuned(weight_tiles: int, atomic: bool, key: list[str], **kwargs):
+    prune = functools.partial(prune_tile_configs, weight_tiles=weight_tiles, atomic=atomic)
+    return triton.autotune(
+        TILE_CONFIGS, key=key, prune_configs_by={"early_config_prune": prune}, **kwargs
+    )
+
+
+# The forward GEMMs with their tiles tuned per shape and BLOCK_M (compiled kernels only: the
+# tuner times on the GPU). Both write, never accumulate, so tuning runs leave the right
+# result; the atomic down projection adds into its output, which the tuner restores after
+# each trial.
 if _INTERPRETED:
     _gate_up_tuned = _down_tuned = _down_atomic_tuned = None
 else:
-    _gate_up_tuned = triton.autotune(TILE_CONFIGS, key=["hidden", "inter"])(_gate_up_kernel)
-    _down_tuned = triton.autotune(TILE_CONFIGS, key=["n_cols", "k_dim"])(_rows_times_expert_kernel)
-    _down_atomic_tuned = triton.autotune(
-        TILE_CONFIGS, key=["n_cols", "k_dim"], restore_value=["out_ptr"]
-    )(_rows_times_expert_kernel)
+    _gate_up_tuned = _tuned(2, False, ["hidden", "inter", "BLOCK_M"])(_gate_up_kernel)
+    _down_tuned = _tuned(1, False, ["n_cols", "k_dim", "BLOCK_M"])(_rows_times_expert_kernel)
+    _down_atomic_tuned = _tuned(1, True, ["n_cols", "k_dim", "BLOCK_M"], restore_value=["out_ptr"])(
+        _rows_times_expert_kernel
+    )
 
 
-def _blocks(tokens_x_k: int) -> tuple[int, int, int]:
+def default_blocks(tokens_x_k: int, dtype: torch.dtype) -> tuple[int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_K): small M for decode-sized batches (fewer padding rows per
-    touched expert), larger for prefill."""
-    block_m = 16 if tokens_x_k <= 1024 else 64
+    touched expert), larger for prefill. fp32 keeps M at 16: its FMA path holds the operand
+    tiles in registers, and every M64 tile of the tuning space spills on sm_80 (the compile
+    report in docs/benchmarks.md)."""
+    block_m = 16 if tokens_x_k <= 1024 or dtype == torch.float32 else 64
     return block_m, 64, 32
 
 
@@ -593,7 +682,7 @@ def fused_experts_forward(
         )
     if tokens == 0:
         return torch.zeros_like(hidden)
-    block_m, block_n, block_k = blocks or _blocks(tokens * top_k)
+    block_m, block_n, block_k = blocks or default_blocks(tokens * top_k, hidden.dtype)
     hidden = hidden.contiguous()
     gate_up_proj, down_proj = gate_up_proj.contiguous(), down_proj.contiguous()
     weights = topk_weights.reshape(-1).contiguous()
