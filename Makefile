@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE := 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-fast bench frontier lint format clean
+.PHONY: install demo test test-fast bench aot frontier lint format clean
 
 install: $(STAMP)
 
@@ -39,6 +39,12 @@ test-fast: install
 bench: install
 	$(PY) bench/moe_block.py
 	$(PY) bench/trainer_step.py
+	$(PY) bench/roofline.py
+
+# The fused MoE compiled for H100/H200 (sm_90) and A100 (sm_80) without a GPU: registers,
+# spills, shared memory, occupancy of every kernel at every config the autotuner may pick.
+aot: install
+	$(PY) -m zeda_kernels.aot
 
 # The quality frontier of a finished run (default: the newest demo run): every baseline at
 # the student's share of skipped picks, seeds and ablations (bench/quality_frontier.py).

@@ -338,6 +338,27 @@ def format_table(reports: list[UnitReport]) -> str:
     return "\n".join(lines)
 
 
+def format_summary(reports: list[UnitReport]) -> str:
+    """One line per (architecture, dtype, kernel): the range over its compiled configs."""
+    groups: dict[tuple[int, str, str], list[UnitReport]] = {}
+    for r in reports:
+        groups.setdefault((r.arch, r.dtype, r.kernel), []).append(r)
+    lines = [
+        "| arch | dtype | kernel | configs | registers | max spill B | max smem B "
+        "| occupancy | failed |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for (arch, dtype, kernel), group in sorted(groups.items()):
+        regs = sorted(r.registers for r in group)
+        occ = sorted(r.occupancy for r in group)
+        lines.append(
+            f"| sm_{arch} | {dtype} | {kernel} | {len(group)} | {regs[0]}-{regs[-1]} "
+            f"| {max(r.spill_store_bytes for r in group)} | {max(r.shared_bytes for r in group)} "
+            f"| {occ[0]:.0%}-{occ[-1]:.0%} | {sum(not r.ok for r in group)} |"
+        )
+    return "\n".join(lines)
+
+
 def _int_list(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part]
 
@@ -378,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     units = collect_units(archs, dtypes, shapes, tokens, args.all_configs)
     reports = compile_all(units, args.jobs)
     print(format_table(reports))
+    print()
+    print(format_summary(reports))
     failed = [r for r in reports if not r.ok]
     print(
         f"\n{len(reports)} units compiled for {', '.join(ARCHS[a].name for a in archs)} in "

@@ -125,6 +125,25 @@ def test_pipeline_on_megatron_with_expert_parallelism(tmp_path, family):
     assert {"optimizer-rank0.pt", "optimizer-rank1.pt"} <= {p.name for p in path.iterdir()}
 
 
+def _kill_run(proc: subprocess.Popen) -> None:
+    """SIGKILL the driver and every process it started: its local Ray instance (GCS,
+    raylet, dashboard), the Ray workers and the engines under them. Only this run's
+    processes: any other Ray on the machine is left alone."""
+    import psutil
+
+    try:
+        family = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and whatever shares its session
+    for child in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+    proc.wait()
+    psutil.wait_procs(family, timeout=60)
+
+
 @pytest.mark.slow
 def test_resume_after_kill(tmp_path):
     run_dir = tmp_path / "run"
@@ -143,12 +162,7 @@ def test_resume_after_kill(tmp_path):
             assert time.time() < deadline, "no stage-2 checkpoint within 10 minutes"
             time.sleep(0.5)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # the driver and whatever shares its session
-        proc.wait()
-        # The killed driver's local Ray instance would otherwise linger.
-        ray_cli = str(Path(sys.executable).parent / "ray")
-        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)
+        _kill_run(proc)
     path, state = latest_checkpoint(ckpts)
     assert verify(path) and state["stage"] == "stage2"
     resume_from = state["step"]
