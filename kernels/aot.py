@@ -359,16 +359,17 @@ def format_summary(reports: list[UnitReport]) -> str:
     return "\n".join(lines)
 
 
-def _int_list(text: str) -> list[int]:
-    return [int(part) for part in text.split(",") if part]
-
-
-def _name_list(text: str, allowed, what: str) -> list:
-    names = [part for part in text.split(",") if part]
-    unknown = [n for n in names if n not in allowed]
-    if unknown or not names:
-        raise SystemExit(f"--{what}: unknown {unknown or text!r}; choose from {sorted(allowed)}")
-    return names
+def _parsed_list(parser: argparse.ArgumentParser, flag: str, text: str, allowed=None) -> list:
+    """A comma-separated option: names from ``allowed``, or positive integers."""
+    parts = [part for part in text.split(",") if part]
+    if allowed is None:
+        if not parts or not all(p.isdigit() and int(p) > 0 for p in parts):
+            parser.error(f"{flag}: positive integers expected, got {text!r}")
+        return [int(p) for p in parts]
+    unknown = [p for p in parts if p not in allowed]
+    if unknown or not parts:
+        parser.error(f"{flag}: unknown {unknown or text!r}; choose from {sorted(allowed)}")
+    return parts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -385,12 +386,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--json", help="write every unit's report here")
     args = parser.parse_args(argv)
-    archs = [int(a) for a in _name_list(args.arch, {str(a) for a in ARCHS}, "arch")]
-    dtypes = _name_list(args.dtype, DTYPES, "dtype")
-    shapes = _name_list(args.shapes, MOE_SHAPES, "shapes")
-    tokens = _int_list(args.tokens)
-    if not tokens or min(tokens) < 1:
-        raise SystemExit(f"--tokens: positive counts expected, got {args.tokens!r}")
+    archs = [int(a) for a in _parsed_list(parser, "--arch", args.arch, {str(a) for a in ARCHS})]
+    dtypes = _parsed_list(parser, "--dtype", args.dtype, DTYPES)
+    shapes = _parsed_list(parser, "--shapes", args.shapes, MOE_SHAPES)
+    tokens = _parsed_list(parser, "--tokens", args.tokens)
+    if args.jobs < 1:
+        parser.error(f"--jobs: at least 1, got {args.jobs}")
 
     # Triton 3.9 warns on every compile until this is set; 1 is its current default (fused
     # multiply-adds on), which is what a GPU run compiles with.

@@ -117,3 +117,20 @@ def test_aot_compiles_every_kept_config_for_h100_and_a100(tmp_path, capsys):
         if r["kernel"] in aot.FORWARD_KERNELS:
             assert r["spill_store_bytes"] == 0, r
     assert "| gate_up | sm_90 | bf16 |" in printed and "0 failed" in printed
+
+
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["--arch", "75"], "--arch"),
+        (["--dtype", "int8"], "--dtype"),
+        (["--shapes", "llama"], "--shapes"),
+        (["--tokens", "0"], "--tokens"),
+        (["--jobs", "0"], "--jobs"),
+    ],
+)
+def test_bad_arguments_are_refused_before_compiling(argv, named, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        aot.main(argv)
+    assert exit_info.value.code == 2
+    assert named in capsys.readouterr().err
