@@ -172,3 +172,29 @@ def test_fine_grained_experiment_composes_on_tiny(tmp_path):
     assert "teacher_preset: cpu-fine" in result.stdout
     assert "chain: 512" in result.stdout and "frontier: true" in result.stdout
     assert "max_new_tokens: 96" in result.stdout
+
+
+def _compose(*overrides: str):
+    """The launcher's config for ``overrides``, composed in-process (no subprocess)."""
+    from hydra import compose, initialize_config_dir
+
+    from zeda_rl.config import register_configs
+
+    register_configs()
+    conf_dir = str(Path(__file__).resolve().parents[1] / "conf")
+    with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def test_prompt_mix_takes_the_obvious_override():
+    """`prompts.mix={gsm:512}` adds a family the experiment did not name (struct mode used
+    to refuse it), and a count of 0 drops one."""
+    from zeda_rl.config import active_mix
+    from zeda_rl.validation import validate
+
+    cfg = _compose("+experiment=tiny", "prompts.mix={gsm:512,addition:0}")
+    assert active_mix(cfg.prompts.mix) == {"arithmetic": 512, "gsm": 512}
+    validate(cfg)
+    # Elsewhere the config stays closed: a misspelt field is still an error.
+    with pytest.raises(Exception, match="stage2"):
+        _compose("+experiment=tiny", "stage2.stepz=3")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -51,9 +52,15 @@ class PromptsConfig:
     """The prompt set both stages draw from: train splits of the structured tasks."""
 
     # task -> prompts; set whole by each experiment (Hydra merges dicts key by key, so a
-    # default here would leak into every experiment's mix).
+    # default here would leak into every experiment's mix). On the command line
+    # `prompts.mix={gsm:512}` adds or changes a family, `prompts.mix={addition:0}` drops one.
     mix: dict[str, int] = field(default_factory=dict)
     seed: int = 0
+
+
+def active_mix(mix: Mapping[str, int]) -> dict[str, int]:
+    """The families of a prompt mix that contribute prompts (a count of 0 drops one)."""
+    return {name: int(count) for name, count in mix.items() if count}
 
 
 @dataclass
@@ -215,5 +222,11 @@ class RunConfig:
 
 def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
 
-    ConfigStore.instance().store(name="run_schema", node=RunConfig)
+    schema = OmegaConf.structured(RunConfig)
+    # The prompt mix is open: `prompts.mix={gsm:512}` adds or changes families on the
+    # command line (Hydra merges a dict override into the node, which struct mode would
+    # refuse for a family the experiment did not name).
+    OmegaConf.set_struct(schema.prompts.mix, False)
+    ConfigStore.instance().store(name="run_schema", node=schema)

@@ -23,7 +23,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from zeda_rl.config import RunConfig, register_configs
+from zeda_rl.config import RunConfig, active_mix, register_configs
 from zeda_rl.validation import LOCAL_SOURCES, validate
 
 register_configs()
@@ -224,7 +224,7 @@ def _frontier(
     )
     from zeda_rl.eval.harness import indomain_items
 
-    families = list(cfg.prompts.mix)
+    families = list(active_mix(cfg.prompts.mix))
     items = indomain_items(families, cfg.eval.frontier_items)
     variants = baseline_variants(
         str(teacher_dir),

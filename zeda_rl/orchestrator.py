@@ -33,7 +33,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from zeda_rl.config import RunConfig
+from zeda_rl.config import RunConfig, active_mix
 from zeda_rl.trainer.batch import Sample
 
 TEACHER_CHUNK = 1024  # prompts per stage-1 generation call
@@ -462,7 +462,9 @@ def run_pipeline(cfg: RunConfig, teacher_dir: Path, student_dir: Path, run_dir: 
     from zeda_rl.tracking import Tracker
 
     tokenizer = AutoTokenizer.from_pretrained(student_dir)
-    prompts = tokenize_prompts(tokenizer, build_prompts(dict(cfg.prompts.mix), cfg.prompts.seed))
+    prompts = tokenize_prompts(
+        tokenizer, build_prompts(active_mix(cfg.prompts.mix), cfg.prompts.seed)
+    )
     stop_ids = _stop_ids(student_dir)
     ctx = ray.init(
         num_cpus=cfg.resources.cpus_per_node,

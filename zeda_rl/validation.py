@@ -7,7 +7,13 @@ import json
 import os
 from pathlib import Path
 
-from zeda_rl.config import MODEL_FAMILIES, TRAINER_BACKENDS, WEIGHT_SYNC_METHODS, RunConfig
+from zeda_rl.config import (
+    MODEL_FAMILIES,
+    TRAINER_BACKENDS,
+    WEIGHT_SYNC_METHODS,
+    RunConfig,
+    active_mix,
+)
 
 LOCAL_SOURCES = ("teacher", "random")
 
@@ -75,7 +81,7 @@ def validate(cfg: RunConfig) -> None:
             f"eval.frontier_dial={list(cfg.eval.frontier_dial)}: nonzero biases within "
             "[-10, 10] (0 is the student itself, always evaluated)"
         )
-    if cfg.eval.frontier and cfg.eval.frontier_items < len(cfg.prompts.mix):
+    if cfg.eval.frontier and cfg.eval.frontier_items < len(active_mix(cfg.prompts.mix)):
         _fail(f"eval.frontier_items={cfg.eval.frontier_items}: fewer than one per family")
 
     if planning_only:
