@@ -198,3 +198,16 @@ def test_prompt_mix_takes_the_obvious_override():
     # Elsewhere the config stays closed: a misspelt field is still an error.
     with pytest.raises(Exception, match="stage2"):
         _compose("+experiment=tiny", "stage2.stepz=3")
+
+
+def test_dry_run_plan_checks_the_configured_gpus():
+    """resources.gpu_memory_gib is the configured cluster's GPU memory: the plan checks it."""
+    from zeda_rl.plan import ARCHITECTURES, plan
+
+    for memory, fits in ((80, False), (141, True)):
+        cfg = _compose("+experiment=glm47", f"resources.gpu_memory_gib={memory}")
+        result = plan(cfg, ARCHITECTURES[cfg.model.architecture], 32)
+        mine = result["machines"]["resources 1x8"]
+        assert mine["gib"] == memory and mine["fits"] is fits, mine
+        if not fits:
+            assert "usable" in mine["why_not"][0]

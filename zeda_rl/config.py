@@ -184,7 +184,9 @@ class LoggingConfig:
     wandb: bool = True
     wandb_mode: str = "offline"  # offline | online | disabled
     project: str = "zeda_rl"
-    log_every: int = 1
+    # A full metrics line above the stage's progress bar every this many steps (and at the
+    # last); 0: none. Every step goes to metrics.jsonl and wandb regardless.
+    log_every: int = 10
 
 
 @dataclass
@@ -194,7 +196,7 @@ class ResourcesConfig:
     num_nodes: int = 1
     cpus_per_node: Optional[float] = None  # noqa: UP045  (None: this machine's cores)
     gpus_per_node: int = 0
-    gpu_memory_gib: float = 141.0  # H200
+    gpu_memory_gib: float = 141.0  # per GPU (H200); the dry-run plan checks the fit
     layout: str = "colocated"  # colocated: pools share nodes | separate: own nodes each
     timeout_s: float = 600.0  # every remote call waits at most this long
 

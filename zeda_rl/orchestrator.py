@@ -302,7 +302,7 @@ def run_stage1(
     rollout_s = time.perf_counter() - t0
     steps = math.ceil(len(samples) / s.global_batch)
     last: dict = {}
-    for step in _progress(range(start_step, steps), "stage 1 (SFT)"):
+    for step in tracker.progress(range(start_step, steps), "stage 1 (SFT)"):
         t = time.perf_counter()
         batch = samples[step * s.global_batch : (step + 1) * s.global_batch]
         lr = cosine_lr(step, steps, s.lr, s.warmup_ratio)
@@ -312,7 +312,7 @@ def run_stage1(
         last = {**metrics, "lr": lr, "train_s": elapsed, "tokens_per_s": tokens / elapsed}
         if step == start_step:
             last["teacher_rollout_s"] = rollout_s
-        tracker.log("stage1", step, last)
+        tracker.log("stage1", step, last, last_step=step == steps - 1)
         ckpt.maybe_save("stage1", step, last_step=step == steps - 1)
     return {"steps": steps, "samples": len(samples), "teacher_rollout_s": rollout_s, "last": last}
 
@@ -330,7 +330,7 @@ def run_stage2(
     pools.sync_weights()
     last: dict = {}
     label = "stage 2 (OPD)" if s.loss == "opd" else "stage 2 (top-k KL)"
-    for step in _progress(range(start_step, s.steps), label):
+    for step in tracker.progress(range(start_step, s.steps), label):
         t0 = time.perf_counter()
         rng = random.Random(cfg.seed * 1_000_003 + step)  # the same data order on resume
         chosen = rng.sample(prompts, min(s.prompts_per_step, len(prompts)))
@@ -369,7 +369,7 @@ def run_stage2(
         }
         if cfg.weight_sync.check_logprobs:
             last["sync_logprob_max_diff"] = check_sync(cfg, pools, samples[:2])
-        tracker.log("stage2", step, last)
+        tracker.log("stage2", step, last, last_step=step == s.steps - 1)
         ckpt.maybe_save("stage2", step, last_step=step == s.steps - 1)
     return {"steps": s.steps, "last": last}
 
@@ -431,12 +431,6 @@ def checkpoint_root(cfg: RunConfig, run_dir: Path) -> Path:
     return Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else run_dir / "checkpoints"
 
 
-def _progress(steps: range, desc: str):
-    from tqdm import tqdm
-
-    return tqdm(steps, desc=desc, unit="step", dynamic_ncols=True, mininterval=2.0)
-
-
 def _shuffled(items: list, seed: int) -> list:
     out = list(items)
     random.Random(seed).shuffle(out)
@@ -480,6 +474,7 @@ def run_pipeline(cfg: RunConfig, teacher_dir: Path, student_dir: Path, run_dir: 
         use_wandb=cfg.logging.wandb,
         mode=cfg.logging.wandb_mode,
         project=cfg.logging.project,
+        log_every=cfg.logging.log_every,
     )
     summary: dict = {"dashboard": f"http://{ctx.dashboard_url}"}
     start = {"stage1": 0, "stage2": 0}

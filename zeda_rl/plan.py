@@ -149,11 +149,18 @@ def plan(cfg: RunConfig, arch: Architecture, zero_experts: int) -> dict:
     colocated = cfg.resources.layout == "colocated"
     gpus_needed = max(trainer_gpus, engine_gpus) if colocated else trainer_gpus + engine_gpus
     peak = max(trainer["total"], rollout["total"], teacher["total"])
+    res = cfg.resources
+    machines = {name: (n * res.num_nodes, mem) for name, (n, mem) in MACHINES.items()}
+    if res.gpus_per_node:  # the cluster this config describes
+        machines[f"resources {res.num_nodes}x{res.gpus_per_node}"] = (
+            res.num_nodes * res.gpus_per_node,
+            res.gpu_memory_gib,
+        )
     fits = {}
-    for name, (n, mem) in MACHINES.items():
+    for name, (n, mem) in machines.items():
         usable = mem * 0.92  # what a framework can allocate of a GPU's memory
         reasons = []
-        if gpus_needed > n * cfg.resources.num_nodes:
+        if gpus_needed > n:
             reasons.append(f"needs {gpus_needed:g} GPUs")
         if peak > usable:
             reasons.append(f"peak {peak:.1f} GiB > {usable:.1f} GiB usable")

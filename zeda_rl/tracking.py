@@ -1,5 +1,6 @@
-"""Metrics of a run: wandb (offline by default, into the run folder), a JSON-lines file, and
-one console line per step."""
+"""Metrics of a run: wandb (offline by default, into the run folder) and a JSON-lines file
+get every step; the console gets one progress bar per stage with the headline metrics in
+its postfix, and a full metrics line above it every ``logging.log_every`` steps."""
 
 from __future__ import annotations
 
@@ -9,10 +10,24 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+# The metrics a stage's progress bar shows, in this order, where the step has them.
+HEADLINE = ("loss", "reverse_kl", "zero_ratio", "gal", "tokens_per_s")
+
 
 class Tracker:
-    def __init__(self, run_dir: Path, config: dict, *, use_wandb: bool, mode: str, project: str):
+    def __init__(
+        self,
+        run_dir: Path,
+        config: dict,
+        *,
+        use_wandb: bool,
+        mode: str,
+        project: str,
+        log_every: int = 1,
+    ):
         self.path = run_dir / "metrics.jsonl"
+        self.log_every = log_every
+        self.bar = None
         self.run = None
         if use_wandb and mode != "disabled":
             import wandb
@@ -29,17 +44,35 @@ class Tracker:
                 reinit="finish_previous",
             )
 
-    def log(self, stage: str, step: int, metrics: dict[str, float], console: bool = True) -> None:
+    def progress(self, steps: range, desc: str):
+        """The stage's progress bar over ``steps``; ``log`` puts the headline metrics in its
+        postfix."""
+        self.bar = tqdm(steps, desc=desc, unit="step", dynamic_ncols=True, mininterval=2.0)
+        return self.bar
+
+    def log(
+        self,
+        stage: str,
+        step: int,
+        metrics: dict[str, float],
+        console: bool = True,
+        last_step: bool = False,
+    ) -> None:
         row = {"stage": stage, "step": step, **metrics}
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         if self.run is not None:
             self.run.log({f"{stage}/{k}": v for k, v in metrics.items()})
-        if console:
+        if not console:
+            return
+        if self.bar is not None:
+            headline = {k: _fmt(metrics[k]) for k in HEADLINE if k in metrics}
+            self.bar.set_postfix(headline, refresh=False)
+        every = self.log_every
+        if self.bar is None or last_step or (every > 0 and (step + 1) % every == 0):
             shown = [k for k in metrics if "/" not in k]
             text = "  ".join(f"{k} {_fmt(metrics[k])}" for k in shown)
-            # Above the stages' progress bars (zeda_rl/orchestrator.py).
-            tqdm.write(f"[{stage} {step:4d}] {text}")
+            tqdm.write(f"[{stage} {step:4d}] {text}")  # above the bar
 
     def close(self) -> None:
         if self.run is not None:

@@ -188,6 +188,8 @@ def validate(cfg: RunConfig) -> None:
         _fail(f"stage1.warmup_ratio={cfg.stage1.warmup_ratio} must be in [0, 1)")
     if cfg.logging.wandb_mode not in ("offline", "online", "disabled"):
         _fail(f"logging.wandb_mode={cfg.logging.wandb_mode!r}: offline | online | disabled")
+    if cfg.logging.log_every < 0:
+        _fail(f"logging.log_every={cfg.logging.log_every}: a step count >= 0 (0: no lines)")
 
     res = cfg.resources
     if res.layout not in ("colocated", "separate"):

@@ -9,14 +9,7 @@ it sampled (the behaviour policy).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-
-
-@dataclass(frozen=True)
-class OpdLossConfig:
-    clip: float = 0.2  # PPO ratio clip
 
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0):
