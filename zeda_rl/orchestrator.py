@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import random
 import time
@@ -35,6 +36,8 @@ from pathlib import Path
 
 from zeda_rl.config import RunConfig, active_mix
 from zeda_rl.trainer.batch import Sample
+
+log = logging.getLogger(__name__)
 
 TEACHER_CHUNK = 1024  # prompts per stage-1 generation call
 
@@ -153,7 +156,7 @@ class Pools:
         try:
             return self.get(getattr(self.teacher, method).remote(*args, **kwargs))
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as err:
-            print(f"teacher actor failed ({type(err).__name__}); restarting it and retrying")
+            log.warning("teacher actor failed (%s); restarting it and retrying", type(err).__name__)
             ray.kill(self.teacher, no_restart=True)
             self.teacher = self._new_teacher()
             return self.get(getattr(self.teacher, method).remote(*args, **kwargs))
@@ -178,7 +181,9 @@ class Pools:
             try:
                 out.append(self.get(ref))
             except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as err:
-                print(f"rollout-{i} failed ({type(err).__name__}); restarting it and retrying")
+                log.warning(
+                    "rollout-%d failed (%s); restarting it and retrying", i, type(err).__name__
+                )
                 ray.kill(self.rollouts[i], no_restart=True)
                 self.rollouts[i] = self._new_rollout(i)
                 self.weights.connect(self.rollouts)
@@ -467,7 +472,7 @@ def run_pipeline(cfg: RunConfig, teacher_dir: Path, student_dir: Path, run_dir: 
         ignore_reinit_error=True,
         runtime_env=_runtime_env(cfg),
     )
-    print(f"Ray dashboard: http://{ctx.dashboard_url}", flush=True)
+    log.info("Ray dashboard: http://%s", ctx.dashboard_url)
     tracker = Tracker(
         run_dir,
         asdict(cfg),
@@ -487,7 +492,7 @@ def run_pipeline(cfg: RunConfig, teacher_dir: Path, student_dir: Path, run_dir: 
             start["stage1"] = state["step"] + 1
         else:
             start["stage1"], start["stage2"] = -1, state["step"] + 1
-        print(f"resuming from {weights_dir} ({state['stage']} step {state['step']})", flush=True)
+        log.info("resuming from %s (%s step %s)", weights_dir, state["stage"], state["step"])
     t0 = time.perf_counter()
     pools = Pools(cfg, teacher_dir, weights_dir, stop_ids)
     if resumed is not None:
@@ -529,9 +534,11 @@ def _dashboard_actors(url: str) -> dict[str, str]:
     try:
         actors = live_actors(url)
     except OSError as err:
-        print(f"could not read the Ray dashboard at {url}: {err}", flush=True)
+        log.warning("could not read the Ray dashboard at %s: %s", url, err)
         return {}
-    print("actors on the dashboard: " + ", ".join(f"{k} ({v})" for k, v in sorted(actors.items())))
+    log.info(
+        "actors on the dashboard: %s", ", ".join(f"{k} ({v})" for k, v in sorted(actors.items()))
+    )
     return actors
 
 
@@ -540,7 +547,7 @@ def _resume_point(cfg: RunConfig, run_dir: Path) -> tuple[Path, dict] | None:
 
     found = latest_checkpoint(checkpoint_root(cfg, run_dir))
     if found is None:
-        print("checkpoint.resume=true but no valid checkpoint found: starting fresh", flush=True)
+        log.warning("checkpoint.resume=true but no valid checkpoint found: starting fresh")
     return found
 
 
