@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -211,3 +212,22 @@ def test_dry_run_plan_checks_the_configured_gpus():
         assert mine["gib"] == memory and mine["fits"] is fits, mine
         if not fits:
             assert "usable" in mine["why_not"][0]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("stage2.lr=-1", "stage2.lr=-1"),
+        ("stage1.lr=0", "stage1.lr=0"),
+        ("stage2.max_new_tokens=100000", "rollout.max_model_len=512"),
+        ("stage1.max_new_tokens=0", "stage1.max_new_tokens=0"),
+        ("logging.log_every=-1", "logging.log_every=-1"),
+        ("stage2.betas=[0.9]", "stage2.betas=[0.9]"),
+    ],
+)
+def test_bad_values_are_refused_in_process(override, message):
+    """Checked on the composed config (no subprocess): the message names the field."""
+    from zeda_rl.validation import ConfigError, validate
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate(_compose("+experiment=tiny", override))

@@ -128,9 +128,9 @@ class Stage2Config:
     prompts_per_step: int = 16
     samples_per_prompt: int = 2
     lr: float = 5e-6
-    # Stage 2's own Adam settings (its moments always start fresh); None: stage 1's.
-    betas: Optional[list[float]] = None  # noqa: UP045 (OmegaConf needs Optional)
-    weight_decay: Optional[float] = None  # noqa: UP045
+    # Stage 2's own Adam settings (its moments always start fresh; method.md's values).
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    weight_decay: float = 0.1
     ppo_clip: float = 0.2
     max_new_tokens: int = 256
     # opd: the method's one-sample teacher advantage, PPO-clipped. topk_kl: the exact reverse

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from zeda_rl.config import RunConfig, active_mix, register_configs
-from zeda_rl.validation import LOCAL_SOURCES, validate
+from zeda_rl.validation import LOCAL_SOURCES, ConfigError, validate
 
 register_configs()
 __all__ = ["main", "run", "validate"]
@@ -277,7 +278,11 @@ def main(dict_cfg: DictConfig) -> None:
     if dict_cfg.get("dry_run") and OmegaConf.is_missing(dict_cfg.model, "source"):
         dict_cfg.model.source = ""  # planning from model.architecture needs no checkpoint
     cfg: RunConfig = OmegaConf.to_object(dict_cfg)
-    validate(cfg)
+    try:
+        validate(cfg)
+    except ConfigError as err:  # one line naming the field, no traceback
+        print(f"zeda_rl: bad config: {err}", file=sys.stderr)
+        sys.exit(2)
     from zeda_rl.tracking import quiet_third_party
 
     quiet_third_party()

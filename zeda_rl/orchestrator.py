@@ -88,7 +88,7 @@ class Pools:
         self.rollouts = [self._new_rollout(i) for i in range(r.num_workers)]
         self.teacher = self._new_teacher()
         init = local_init_method()
-        optim = _optim(cfg, stage=1)
+        optim = _optim(cfg, stage=1 if cfg.stage1.enabled else 2)
         self.trainers = [
             place(TrainerWorker, f"trainer-{rank}", tr.cpus_per_worker, tr.gpus_per_worker).remote(
                 str(student_dir),
@@ -254,9 +254,9 @@ def _split(items: list, parts: int) -> list[list]:
 def _optim(cfg: RunConfig, stage: int):
     from zeda_rl.trainer.backend import OptimConfig
 
-    s = cfg.stage1
+    s = cfg.stage1 if stage == 1 else cfg.stage2
     return OptimConfig(
-        lr=s.lr if stage == 1 else cfg.stage2.lr,
+        lr=s.lr,
         betas=tuple(s.betas),
         weight_decay=s.weight_decay,
         grad_clip=cfg.trainer.grad_clip,
@@ -330,8 +330,9 @@ def run_stage2(
     s = cfg.stage2
     if start_step == 0:
         # Stage 2 is its own optimisation (constant lr): Adam starts from fresh moments.
-        betas = None if s.betas is None else tuple(s.betas)
-        pools.get([t.reset_optimizer.remote(betas, s.weight_decay) for t in pools.trainers])
+        pools.get(
+            [t.reset_optimizer.remote(tuple(s.betas), s.weight_decay) for t in pools.trainers]
+        )
     pools.sync_weights()
     last: dict = {}
     label = "stage 2 (OPD)" if s.loss == "opd" else "stage 2 (top-k KL)"

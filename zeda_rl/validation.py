@@ -18,8 +18,12 @@ from zeda_rl.config import (
 LOCAL_SOURCES = ("teacher", "random")
 
 
+class ConfigError(ValueError):
+    """A config the run refuses before any work starts; the message names the field."""
+
+
 def _fail(message: str) -> None:
-    raise ValueError(message)
+    raise ConfigError(message)
 
 
 def model_shape(cfg: RunConfig) -> dict | None:
@@ -149,7 +153,7 @@ def validate(cfg: RunConfig) -> None:
         if value < 1:
             _fail(f"{name}={value} must be >= 1")
     for name, betas in (("stage1.betas", cfg.stage1.betas), ("stage2.betas", cfg.stage2.betas)):
-        if betas is not None and not (len(betas) == 2 and all(0 <= b < 1 for b in betas)):
+        if not (len(betas) == 2 and all(0 <= b < 1 for b in betas)):
             _fail(f"{name}={list(betas)}: two values in [0, 1)")
     for name, decay in (
         ("stage1.weight_decay", cfg.stage1.weight_decay),
@@ -157,6 +161,18 @@ def validate(cfg: RunConfig) -> None:
     ):
         if decay is not None and decay < 0:
             _fail(f"{name}={decay} must be >= 0")
+    for name, lr in (("stage1.lr", cfg.stage1.lr), ("stage2.lr", cfg.stage2.lr)):
+        if not lr > 0:
+            _fail(f"{name}={lr}: a learning rate > 0")
+    for name, new_tokens, engine, context in (
+        ("stage1.max_new_tokens", cfg.stage1.max_new_tokens, "teacher", cfg.teacher.max_model_len),
+        ("stage2.max_new_tokens", cfg.stage2.max_new_tokens, "rollout", cfg.rollout.max_model_len),
+    ):
+        if not 0 < new_tokens < context:
+            _fail(
+                f"{name}={new_tokens}: between 1 and {engine}.max_model_len={context} - 1 "
+                "(the prompt needs room in the context)"
+            )
     if cfg.stage2.steps < 0 or cfg.checkpoint.every_steps < 0:
         _fail("stage2.steps and checkpoint.every_steps must be >= 0")
     if cfg.stage1.global_batch < tr.num_workers:
