@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -56,6 +57,7 @@ def test_pipeline_end_to_end(tmp_path):
             "eval.frontier_items=6",
             "eval.frontier_top_p=[0.5]",
             "eval.frontier_dial=[0.5]",
+            "checkpoint.keep=6",
         ),
         env=_env(tmp_path),
         capture_output=True,
@@ -78,7 +80,8 @@ def test_pipeline_end_to_end(tmp_path):
     final = Path(pipe["student_final"])
     assert (final / "config.json").is_file() and (final / "tokenizer.json").is_file()
     found = latest_checkpoint(run_dir / "checkpoints")
-    assert found is not None and found[1] == {"stage": "stage2", "step": 2, "seed": 0}
+    assert found is not None
+    assert found[1] == {"stage": "stage2", "step": 2, "seed": 0, "stage_complete": True}
     assert list((run_dir / "wandb").glob("offline-run-*")), "wandb offline run missing"
     # The frontier after adaptation: teacher, Top-P, static top-1, the student and the
     # student at dial +0.5 on held-out additions, the compact comparison printed.
@@ -91,6 +94,25 @@ def test_pipeline_end_to_end(tmp_path):
     assert (run_dir / "frontier" / "frontier.md").is_file()
     assert "Top-P acc / KL" in result.stdout and "ZEDA student" in result.stdout
     assert "ZEDA, dial +0.5" in result.stdout
+
+    # Killed right after stage 1's last checkpoint: the resumed run starts stage 2 at step 0
+    # (stage 1 is not redone), and its metrics log reads as the uninterrupted run's.
+    rows = (run_dir / "metrics.jsonl").read_text().splitlines()
+    for path in (run_dir / "checkpoints").glob("stage2-*"):
+        shutil.rmtree(path)
+    resumed = subprocess.run(
+        _cmd(run_dir, "stage2.steps=3", "checkpoint.keep=6", "checkpoint.resume=true"),
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "stage1            complete before the resume" in resumed.stdout
+    again = (run_dir / "metrics.jsonl").read_text().splitlines()
+    position = [(json.loads(x)["stage"], json.loads(x)["step"]) for x in again]
+    assert position == [(json.loads(x)["stage"], json.loads(x)["step"]) for x in rows]
+    assert again[:3] == rows[:3]  # stage 1's rows, kept as they were
 
 
 @pytest.mark.slow

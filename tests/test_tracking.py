@@ -30,3 +30,20 @@ def test_log_every_zero_prints_only_the_last_step(tmp_path, capsys):
     console = capsys.readouterr()
     lines = [x for x in (console.out + console.err).splitlines() if x.startswith("[stage1")]
     assert len(lines) == 1 and lines[0].startswith("[stage1    3]")
+
+
+def test_a_resumed_run_drops_the_abandoned_tail_of_the_log(tmp_path):
+    tracker = Tracker(tmp_path, {}, use_wandb=False, mode="disabled", project="t")
+    for stage, steps in (("stage1", 4), ("stage2", 6)):
+        for step in range(steps):
+            tracker.log(stage, step, {"loss": 1.0}, console=False)
+    # Killed after stage-2 step 5; the newest checkpoint is stage 2 step 2.
+    tracker.truncate_after("stage2", 2)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["step"]) for r in rows] == [
+        *(("stage1", s) for s in range(4)),
+        *(("stage2", s) for s in range(3)),
+    ]
+    tracker.truncate_after("stage1", 1)  # a stage-1 checkpoint drops all of stage 2
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["step"]) for r in rows] == [("stage1", 0), ("stage1", 1)]

@@ -342,16 +342,18 @@ def format_summary(summary: dict, run_dir: Path) -> str:
             f"Ray dashboard     {pipe['dashboard']} (pools: {', '.join(sorted(pipe['dashboard_actors']))})"
         )
         for stage in ("stage1", "stage2"):
-            if stage in pipe:
+            if pipe.get(stage, {}).get("complete_before_resume"):
+                lines.append(f"{stage}            complete before the resume")
+            elif pipe.get(stage, {}).get("last"):
                 last = pipe[stage]["last"]
-                extra = (
-                    f"nll {last['nll']:.3f}"
-                    if "nll" in last
-                    else f"reverse KL {last['reverse_kl']:.3f}"
+                extra = "".join(
+                    f", {label} {last[key]:.3f}"
+                    for key, label in (("nll", "nll"), ("reverse_kl", "reverse KL"))
+                    if key in last
                 )
                 lines.append(
                     f"{stage}            {pipe[stage]['steps']} steps in {pipe[stage]['seconds']:.0f}s, "
-                    f"last step: zero ratio {last['zero_ratio']:.1%}, {extra}"
+                    f"last step: zero ratio {last['zero_ratio']:.1%}{extra}"
                 )
         lines.append(f"adapted student   {pipe['student_final']}")
     lines.append(

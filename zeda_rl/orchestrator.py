@@ -428,9 +428,8 @@ class Checkpointer:
         def write(folder: Path) -> None:
             self.pools.get([t.save.remote(str(folder)) for t in self.pools.trainers])
 
-        return save_checkpoint(
-            self.root, stage, step, write, {"seed": self.cfg.seed}, self.cfg.checkpoint.keep
-        )
+        state = {"seed": self.cfg.seed, "stage_complete": last_step}
+        return save_checkpoint(self.root, stage, step, write, state, self.cfg.checkpoint.keep)
 
 
 def checkpoint_root(cfg: RunConfig, run_dir: Path) -> Path:
@@ -489,10 +488,16 @@ def run_pipeline(cfg: RunConfig, teacher_dir: Path, student_dir: Path, run_dir: 
     if resumed is not None:
         weights_dir, state = resumed
         summary["resumed_from"] = str(weights_dir)
-        if state["stage"] == "stage1":
+        if state["stage"] == "stage1" and not state.get("stage_complete"):
             start["stage1"] = state["step"] + 1
+        elif state["stage"] == "stage1":  # at the boundary: stage 1 is done
+            start["stage1"] = -1
+            summary["stage1"] = {"complete_before_resume": True, "steps": state["step"] + 1}
         else:
             start["stage1"], start["stage2"] = -1, state["step"] + 1
+        # The log holds what the resumed run will redo: keep it up to the checkpoint, so that
+        # it reads as the uninterrupted run's.
+        tracker.truncate_after(state["stage"], state["step"])
         log.info("resuming from %s (%s step %s)", weights_dir, state["stage"], state["step"])
     t0 = time.perf_counter()
     pools = Pools(cfg, teacher_dir, weights_dir, stop_ids)

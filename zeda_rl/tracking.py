@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+STAGE_ORDER = ("stage1", "stage2")
 # The metrics a stage's progress bar shows, in this order, where the step has them.
 HEADLINE = ("loss", "reverse_kl", "zero_ratio", "gal", "tokens_per_s")
 
@@ -43,6 +44,22 @@ class Tracker:
                 name=run_dir.name,
                 reinit="finish_previous",
             )
+
+    def truncate_after(self, stage: str, step: int) -> None:
+        """Drop the rows logged after ``stage`` step ``step`` (a resumed run redoes them),
+        atomically."""
+        if not self.path.is_file():
+            return
+
+        def position(row: dict) -> tuple[int, int]:
+            return STAGE_ORDER.index(row["stage"]), row["step"]
+
+        point = position({"stage": stage, "step": step})
+        lines = self.path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if position(json.loads(line)) <= point]
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(kept))
+        tmp.replace(self.path)
 
     def progress(self, steps: range, desc: str):
         """The stage's progress bar over ``steps``; ``log`` puts the headline metrics in its
