@@ -80,11 +80,11 @@ def test_trained_teacher_source_with_evaluation(tmp_path):
         (["+experiment=tiny", "model.teacher_preset=huge"], "model.teacher_preset='huge'"),
         (["+experiment=tiny", "eval.suite=everything"], "eval.suite='everything'"),
         (["+experiment=tiny", "eval.top_p_baselines=[0.5,1.5]"], "[1.5] not in (0, 1]"),
-        (["+experiment=tiny", "eval.frontier_top_p=[0]"], "eval.frontier_top_p=[0]"),
+        (["+experiment=tiny", "eval.frontier_top_p=[0]"], "eval.frontier_top_p=[0.0]"),
         (["+experiment=tiny", "stage2.betas=[0.9,1.0]"], "stage2.betas=[0.9, 1.0]"),
         (["+experiment=tiny", "eval.frontier_items=1"], "eval.frontier_items=1"),
         (["+experiment=tiny", "stage2.loss=kl"], "stage2.loss='kl'"),
-        (["+experiment=tiny", "eval.frontier_dial=[0]"], "eval.frontier_dial=[0]"),
+        (["+experiment=tiny", "eval.frontier_dial=[0]"], "eval.frontier_dial=[0.0]"),
         (["+experiment=tiny", "weight_sync.check_outlier_share=1"], "check_outlier_share=1"),
         (["+experiment=tiny", "stage2.kl_positions=prompt"], "stage2.kl_positions='prompt'"),
         (
@@ -126,11 +126,23 @@ def test_trained_teacher_source_with_evaluation(tmp_path):
         ),
     ],
 )
-def test_bad_config_fails_before_work(tmp_path, overrides, message):
-    result = _launch(tmp_path, *overrides)
-    assert result.returncode != 0
-    assert message in result.stderr + result.stdout
-    assert not (tmp_path / "run" / "student").exists()
+def test_bad_config_fails_before_work(overrides, message):
+    """Composed and validated in-process, as the launcher does before any work."""
+    from zeda_rl.launch import checked_config
+
+    with pytest.raises(Exception) as error:
+        checked_config(_compose(*overrides))
+    assert message in str(error.value)
+
+
+def test_a_refused_config_is_one_line_and_exit_code_2(tmp_path):
+    """Through the real launcher: one line naming the field, no traceback, nothing written
+    but Hydra's own record of the call."""
+    result = _launch(tmp_path, "+experiment=tiny", "stage2.lr=-1")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "zeda_rl: bad config: stage2.lr=-1.0: a learning rate > 0"
+    assert "Traceback" not in result.stdout + result.stderr
+    assert {p.name for p in (tmp_path / "run").iterdir()} <= {".hydra", "launch.log"}
 
 
 @pytest.mark.parametrize("experiment", ["qwen3_30b_a3b", "glm47"])

@@ -273,13 +273,19 @@ def _dry_run(cfg: RunConfig, run_dir: Path) -> None:
     print(format_plan(result))
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
-def main(dict_cfg: DictConfig) -> None:
+def checked_config(dict_cfg: DictConfig) -> RunConfig:
+    """The composed config as the typed RunConfig, validated (ConfigError names the field)."""
     if dict_cfg.get("dry_run") and OmegaConf.is_missing(dict_cfg.model, "source"):
         dict_cfg.model.source = ""  # planning from model.architecture needs no checkpoint
     cfg: RunConfig = OmegaConf.to_object(dict_cfg)
+    validate(cfg)
+    return cfg
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(dict_cfg: DictConfig) -> None:
     try:
-        validate(cfg)
+        cfg = checked_config(dict_cfg)
     except ConfigError as err:  # one line naming the field, no traceback
         print(f"zeda_rl: bad config: {err}", file=sys.stderr)
         sys.exit(2)
