@@ -593,7 +593,9 @@ def prune_tile_configs(
 
     weights = named_args["w_ptr"]
     capability = _capability(weights)
-    arch = ARCHS.get(capability) or ARCHS[max(c for c in ARCHS if c <= capability)]
+    # The newest architecture the limits are known for at or below the target's (the
+    # smallest known one for older GPUs).
+    arch = ARCHS[max((c for c in ARCHS if c <= capability), default=min(ARCHS))]
     operand_bytes = weights.element_size()
     tensor_cores = operand_bytes == 2  # fp32 takes the IEEE FMA path
     wgmma = tensor_cores and capability >= 90

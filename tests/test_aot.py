@@ -71,6 +71,19 @@ def test_pruning_drops_what_cannot_fit():
     assert {u.constexprs["BLOCK_M"] for u in fp32["gate_up"]} == {16}
 
 
+def test_pruning_on_gpus_without_a_limits_table():
+    """An RTX 4090 (sm_89) or a T4 (sm_75) prunes with the nearest older known limits."""
+    weights = {"w_ptr": torch.empty(1, 1, 1, device="meta", dtype=torch.bfloat16)}
+
+    def kept(capability):
+        with triton_moe.tile_target(capability):
+            return triton_moe.prune_tile_configs(
+                triton_moe.TILE_CONFIGS, weights, weight_tiles=2, atomic=False, BLOCK_M=64
+            )
+
+    assert kept(89) == kept(80) == kept(75) and 0 < len(kept(80)) < len(kept(90))
+
+
 def test_pruning_never_returns_nothing():
     tiny_budget = {"w_ptr": torch.empty(1, 1, 1, device="meta", dtype=torch.float32)}
     with triton_moe.tile_target(80):
