@@ -235,6 +235,15 @@ def test_dry_run_plan_checks_the_configured_gpus():
         ("stage1.max_new_tokens=0", "stage1.max_new_tokens=0"),
         ("logging.log_every=-1", "logging.log_every=-1"),
         ("stage2.betas=[0.9]", "stage2.betas=[0.9]"),
+        ("stage2.ppo_clip=0", "stage2.ppo_clip=0.0 must be > 0"),
+        ("trainer.grad_clip=-1", "trainer.grad_clip=-1.0 must be > 0"),
+        ("resources.timeout_s=0", "resources.timeout_s=0.0 must be > 0"),
+        ("resources.gpu_memory_gib=0", "resources.gpu_memory_gib=0.0 must be > 0"),
+        ("rollout.kv_cache_gib=-1", "rollout.kv_cache_gib=-1 must be >= 0"),
+        ("weight_sync.check_tolerance=-1", "weight_sync.check_tolerance=-1.0 must be > 0"),
+        ("resources.num_nodes=0", "resources.num_nodes=0 must be >= 1"),
+        ("resources.cpus_per_node=0", "resources.cpus_per_node=0.0 must be > 0"),
+        ("seed=-1", "seed=-1 must be >= 0"),
     ],
 )
 def test_bad_values_are_refused_in_process(override, message):

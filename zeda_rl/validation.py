@@ -152,6 +152,28 @@ def validate(cfg: RunConfig) -> None:
     ):
         if value < 1:
             _fail(f"{name}={value} must be >= 1")
+    res = cfg.resources
+    for name, value in (
+        ("stage2.ppo_clip", cfg.stage2.ppo_clip),
+        ("trainer.grad_clip", tr.grad_clip),
+        ("resources.timeout_s", res.timeout_s),
+        ("resources.gpu_memory_gib", res.gpu_memory_gib),
+        ("weight_sync.check_tolerance", cfg.weight_sync.check_tolerance),
+    ):
+        if not value > 0:
+            _fail(f"{name}={value} must be > 0")
+    for name, value in (
+        ("rollout.kv_cache_gib", r.kv_cache_gib),
+        ("teacher.kv_cache_gib", t.kv_cache_gib),
+    ):
+        if value < 0:
+            _fail(f"{name}={value} must be >= 0 (0: the engine sizes its KV cache itself)")
+    if res.num_nodes < 1:
+        _fail(f"resources.num_nodes={res.num_nodes} must be >= 1")
+    if res.cpus_per_node is not None and not res.cpus_per_node > 0:
+        _fail(f"resources.cpus_per_node={res.cpus_per_node} must be > 0 (or null: the cores)")
+    if cfg.seed < 0:
+        _fail(f"seed={cfg.seed} must be >= 0")
     for name, betas in (("stage1.betas", cfg.stage1.betas), ("stage2.betas", cfg.stage2.betas)):
         if not (len(betas) == 2 and all(0 <= b < 1 for b in betas)):
             _fail(f"{name}={list(betas)}: two values in [0, 1)")
