@@ -31,6 +31,7 @@ import argparse
 import json
 import statistics
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import torch
 from zeda_kernels.gpu_arch import DEVICES, GpuPeaks
@@ -51,46 +52,68 @@ class KernelCost:
         return max(self.flops / device.bf16_flops, self.bytes / device.hbm_bytes_per_s)
 
 
-def forward_costs(shape: MoeShape, topk_ids: torch.Tensor) -> list[KernelCost]:
-    """The deterministic fused forward's kernels on these routes (ids >= real_experts are
-    zero picks: no row, no FLOP, no weight read)."""
+class Grouping(NamedTuple):
+    """What the kernel's grouping makes of one batch of routes."""
+
+    block_m: int
+    capacity_rows: int  # the grouped buffers' rows (align_real_slots)
+    real_rows: int  # real picks
+    padded_rows: int  # rows the GEMMs multiply: each touched expert's run in whole blocks
+    touched: int  # distinct real experts
+    launched: int  # programs along the block axis
+
+
+def group_routes(shape: MoeShape, topk_ids: torch.Tensor) -> Grouping:
     from zeda_kernels import triton_moe
 
     tokens, top_k = topk_ids.shape
-    h, i, n = shape.hidden, shape.inter, shape.real_experts
-    block_m = triton_moe.default_blocks(tokens * top_k, torch.bfloat16)[0]
+    n, slots = shape.real_experts, tokens * top_k
+    block_m = triton_moe.default_blocks(slots, torch.bfloat16)[0]
     flat = topk_ids.reshape(-1)
     counts = torch.bincount(flat[flat < n], minlength=n)
-    real_rows = int(counts.sum())
-    touched = int((counts > 0).sum())
-    capacity_blocks = -(-(tokens * top_k + n * (block_m - 1)) // block_m)
-    used_blocks = int(triton_moe.padded_counts(counts, block_m).sum()) // block_m
-    # Programs launched past the used blocks exit at once (one index load each).
-    launched = triton_moe.used_blocks_bound(capacity_blocks, tokens * top_k)
-    padded_rows = used_blocks * block_m
+    capacity = triton_moe.capacity_rows(slots, n, block_m)
+    return Grouping(
+        block_m=block_m,
+        capacity_rows=capacity,
+        real_rows=int(counts.sum()),
+        padded_rows=int(triton_moe.padded_counts(counts, block_m).sum()),
+        touched=int((counts > 0).sum()),
+        # Programs launched past the used blocks exit at once (one index load each).
+        launched=triton_moe.used_blocks_bound(capacity // block_m, slots),
+    )
+
+
+def forward_costs(
+    shape: MoeShape, topk_ids: torch.Tensor, grouping: Grouping | None = None
+) -> list[KernelCost]:
+    """The deterministic fused forward's kernels on these routes (ids >= real_experts are
+    zero picks: no row, no FLOP, no weight read)."""
+    tokens, top_k = topk_ids.shape
+    h, i = shape.hidden, shape.inter
+    g = grouping or group_routes(shape, topk_ids)
     slots = tokens * top_k
     return [
         KernelCost(
             "align",
             flops=0.0,
-            bytes=slots * 8 + 2 * slots * INDEX + capacity_blocks * block_m * INDEX,
+            bytes=slots * 8 + 2 * slots * INDEX + g.capacity_rows * INDEX,
         ),
         KernelCost(
             "gate_up",
-            flops=2.0 * padded_rows * h * 2 * i,
-            bytes=touched * 2 * i * h * BF16
-            + real_rows * (h + i) * BF16
-            + launched * (block_m + 1) * INDEX,
+            flops=2.0 * g.padded_rows * h * 2 * i,
+            bytes=g.touched * 2 * i * h * BF16
+            + g.real_rows * (h + i) * BF16
+            + g.launched * (g.block_m + 1) * INDEX,
         ),
         KernelCost(
             "down",
-            flops=2.0 * padded_rows * i * h,
-            bytes=touched * h * i * BF16 + real_rows * (i * BF16 + h * FP32 + INDEX),
+            flops=2.0 * g.padded_rows * i * h,
+            bytes=g.touched * h * i * BF16 + g.real_rows * (i * BF16 + h * FP32 + INDEX),
         ),
         KernelCost(
             "combine",
-            flops=float(real_rows * h),
-            bytes=real_rows * h * FP32 + slots * INDEX + tokens * h * BF16,
+            flops=float(g.real_rows * h),
+            bytes=g.real_rows * h * FP32 + slots * INDEX + tokens * h * BF16,
         ),
     ]
 
@@ -129,12 +152,10 @@ def model_rows(
         for seed in range(seeds):
             gen = torch.Generator().manual_seed(seed)
             ids = synthetic_routes(tokens, shape, rate, skewed=routing == "skewed", generator=gen)
-            fused = forward_costs(shape, ids)
+            grouping = group_routes(shape, ids)
+            fused = forward_costs(shape, ids, grouping)
             expert0 = forward_costs(shape, zero_slots_to_expert0(shape, ids))
-            flat = ids.reshape(-1)
-            touched = int(torch.unique(flat[flat < shape.real_experts]).numel())
-            gemms = [c for c in fused if c.name in ("gate_up", "down")]
-            padded = round(gemms[-1].flops / (2 * shape.inter * shape.hidden))
+            touched, padded = grouping.touched, grouping.padded_rows
             for name in devices:
                 device = DEVICES[name]
                 biggest = max(fused, key=lambda c: c.seconds(device))

@@ -83,6 +83,12 @@ def padded_counts(counts: torch.Tensor, block_m: int) -> torch.Tensor:
     return (counts + block_m - 1) // block_m * block_m
 
 
+def capacity_rows(num_slots: int, num_real: int, block_m: int) -> int:
+    """Rows of the grouped buffers: every real slot plus each expert's padding at most, in
+    whole blocks (a fixed size for the shapes: CUDA-graph safe)."""
+    return triton.cdiv(num_slots + num_real * (block_m - 1), block_m) * block_m
+
+
 def align_real_slots(topk_ids: torch.Tensor, num_real: int, block_m: int) -> RealSlotLayout:
     """Group the real slots of ``topk_ids`` by expert, padded per expert to ``block_m``;
     zero-expert slots get no row at all (``slot_pos`` -1)."""
@@ -90,8 +96,7 @@ def align_real_slots(topk_ids: torch.Tensor, num_real: int, block_m: int) -> Rea
     num_slots = tokens * top_k
     device = topk_ids.device
     ids = topk_ids.reshape(-1).to(torch.int32).contiguous()
-    capacity = num_slots + num_real * (block_m - 1)
-    capacity = triton.cdiv(capacity, block_m) * block_m
+    capacity = capacity_rows(num_slots, num_real, block_m)
     counts = torch.zeros(num_real, dtype=torch.int32, device=device)
     block = 256
     grid = (max(1, triton.cdiv(num_slots, block)),)
