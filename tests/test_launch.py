@@ -247,8 +247,9 @@ def test_dry_run_plan_checks_the_configured_gpus():
     ],
 )
 def test_bad_values_are_refused_in_process(override, message):
-    """Checked on the composed config (no subprocess): the message names the field."""
-    from zeda_rl.validation import ConfigError, validate
+    """Checked as the launcher checks (no subprocess): the message names the field."""
+    from zeda_rl.launch import checked_config
+    from zeda_rl.validation import ConfigError
 
     with pytest.raises(ConfigError, match=re.escape(message)):
-        validate(_compose("+experiment=tiny", override))
+        checked_config(_compose("+experiment=tiny", override))
