@@ -23,8 +23,10 @@ from pathlib import Path
 import torch
 
 from zeda_rl.losses.group_aux_loss import GroupAuxLossConfig
-from zeda_rl.trainer.backend import OptimConfig, local_init_method, make_backend
 from zeda_rl.trainer.batch import Sample
+from zeda_rl.trainer.distributed import local_init_method
+from zeda_rl.trainer.interface import OptimConfig
+from zeda_rl.trainer.registry import make_backend
 
 
 def samples(num: int, vocab: int) -> list[Sample]:
@@ -50,7 +52,7 @@ def rank_main(kind, model_dir, rank, world, init, args, out_path):
         gal=GroupAuxLossConfig(),
         temperature=1.0,
         routing_replay=False,
-        expert_parallel=world if kind == "megatron" else 1,
+        parallel={"expert_parallel": world} if kind == "megatron" else None,
     )
     vocab = json.loads((Path(model_dir) / "config.json").read_text())["vocab_size"]
     data = samples(args.samples, vocab)

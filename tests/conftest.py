@@ -62,7 +62,7 @@ def spawn_ranks(target, world: int, *args, timeout: float = 600) -> None:
     torch.distributed rank each) and require every one to exit cleanly."""
     import multiprocessing as mp
 
-    from zeda_rl.trainer.backend import local_init_method
+    from zeda_rl.trainer.distributed import local_init_method
 
     ctx = mp.get_context("spawn")
     init = local_init_method()

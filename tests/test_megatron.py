@@ -13,7 +13,9 @@ import torch
 from tests.conftest import FAMILIES, build_static_model, spawn_ranks, tiny_samples
 from zeda_rl.convert import convert
 from zeda_rl.losses.group_aux_loss import GroupAuxLossConfig, group_aux_loss
-from zeda_rl.trainer.backend import OptimConfig, local_init_method, make_backend
+from zeda_rl.trainer.distributed import local_init_method
+from zeda_rl.trainer.interface import OptimConfig
+from zeda_rl.trainer.registry import make_backend
 
 # Logit agreement on the same weights (fp32): the same math in a slightly different order;
 # ~2.4e-7 seen for both families (GLM's q/kv LoRA norms must use transformers' eps 1e-6:
@@ -56,8 +58,8 @@ def _pair(zeda_dir: Path, **config_fields):
     from zeda_rl.models.registry import load_zeda_model
     from zeda_rl.models.zero_experts import RoutingState
     from zeda_rl.trainer.megatron.backend import load_hf_state
-    from zeda_rl.trainer.megatron.convert import hf_to_megatron
     from zeda_rl.trainer.megatron.model import build_gpt_model
+    from zeda_rl.trainer.megatron.state_mapping import hf_to_megatron
 
     hf = load_zeda_model(str(zeda_dir), dtype=torch.float32, **config_fields).eval()
     state = RoutingState()
@@ -80,7 +82,7 @@ def _forward(mg, state, ids, mask=None, replay=None):
 def test_conversion_round_trip_is_exact(zeda_dirs, family):
     from zeda_rl.models.registry import load_zeda_model
     from zeda_rl.trainer.megatron.backend import load_hf_state
-    from zeda_rl.trainer.megatron.convert import (
+    from zeda_rl.trainer.megatron.state_mapping import (
         experts_on_rank,
         hf_to_megatron,
         is_expert_of,
@@ -226,7 +228,7 @@ def _rank_main(rank, world, init, kind, zeda_dir, out_path):
         gal=GroupAuxLossConfig(),
         temperature=1.0,
         routing_replay=False,
-        expert_parallel=world if kind == "megatron" else 1,
+        parallel={"expert_parallel": world} if kind == "megatron" else None,
     )
     samples = tiny_samples(8)
     tokens = sum(len(s.response_ids) for s in samples)

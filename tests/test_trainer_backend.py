@@ -11,7 +11,9 @@ import torch
 from tests.conftest import build_static_model, spawn_ranks, tiny_samples
 from zeda_rl.convert import convert
 from zeda_rl.losses.group_aux_loss import GroupAuxLossConfig
-from zeda_rl.trainer.backend import OptimConfig, TorchBackend, local_init_method
+from zeda_rl.trainer.distributed import local_init_method
+from zeda_rl.trainer.interface import OptimConfig
+from zeda_rl.trainer.torch_backend import TorchBackend
 
 
 @pytest.fixture(scope="module")

@@ -50,7 +50,7 @@ class Pools:
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        from zeda_rl.trainer.backend import local_init_method
+        from zeda_rl.trainer.distributed import local_init_method
 
         self.cfg, self.teacher_dir, self.stop_ids = cfg, teacher_dir, stop_ids
         r, t, tr = cfg.rollout, cfg.teacher, cfg.trainer
@@ -196,12 +196,10 @@ class Pools:
         return self.weights.push()
 
     def train(self, samples: list[Sample], objective: str, lr: float) -> dict[str, float]:
-        # The positions every per-token average divides by: responses, or for topk_kl the
-        # positions the teacher's top-k covers.
-        if objective == "topk_kl":
-            tokens = sum(len(s.teacher_topk_ids) for s in samples)
-        else:
-            tokens = sum(len(s.response_ids) for s in samples)
+        from zeda_rl.losses.objective import get_objective
+
+        # The positions every per-token average of the objective divides by, over all ranks.
+        tokens = get_objective(objective).normalizer(samples)
         shares = _split(samples, len(self.trainers))
         metrics = self.get(
             [
@@ -252,7 +250,7 @@ def _split(items: list, parts: int) -> list[list]:
 
 
 def _optim(cfg: RunConfig, stage: int):
-    from zeda_rl.trainer.backend import OptimConfig
+    from zeda_rl.trainer.interface import OptimConfig
 
     s = cfg.stage1 if stage == 1 else cfg.stage2
     return OptimConfig(
@@ -335,7 +333,9 @@ def run_stage2(
         )
     pools.sync_weights()
     last: dict = {}
-    label = "stage 2 (OPD)" if s.loss == "opd" else "stage 2 (top-k KL)"
+    from zeda_rl.losses.objective import get_objective
+
+    label = get_objective(s.loss).label
     for step in tracker.progress(range(start_step, s.steps), label):
         t0 = time.perf_counter()
         rng = random.Random(cfg.seed * 1_000_003 + step)  # the same data order on resume

@@ -1,4 +1,4 @@
-"""On-policy distillation loss (method.md section 4) and the token log-probabilities it uses.
+"""On-policy distillation loss (method.md section 4): the method's stage-2 objective.
 
 The student sampled ``y_t``; the frozen teacher scored it. The per-token advantage
 ``A_t = log p_T(y_t) - log p_S_old(y_t)`` is a one-sample estimate of the negative reverse
@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import torch
 
-
-def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0):
-    """log softmax(logits / T) at ``targets``: ``[B, S, V], [B, S] -> [B, S]`` in fp32."""
-    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
-    return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+from zeda_rl.losses.objective import Objective, register_objective
 
 
 def opd_policy_loss(
@@ -51,10 +47,32 @@ def opd_policy_loss(
     return loss, stats
 
 
-def response_nll(
-    logprobs: torch.Tensor, mask: torch.Tensor, *, normalizer: float | None = None
-) -> torch.Tensor:
-    """Stage 1: next-token NLL over response tokens, per-token averaged over ``normalizer``."""
-    mask = mask.to(logprobs.dtype)
-    count = float(normalizer) if normalizer is not None else float(mask.sum().clamp(min=1))
-    return -(logprobs * mask).sum() / count
+@register_objective
+class OpdObjective(Objective):
+    name = "opd"
+    label = "stage 2 (OPD)"
+    on_policy = True
+    stat_keys = ("reverse_kl_sum", "clipped_sum", "train_rollout_logprob_abs_diff_sum")
+
+    def __init__(self, clip: float = 0.2):
+        self.clip = clip
+
+    def loss(self, logits, logp, batch, normalizer):
+        if batch.rollout_logprobs is None or batch.teacher_logprobs is None:
+            raise ValueError("on-policy distillation needs rollout and teacher logprobs")
+        main, stats = opd_policy_loss(
+            logp,
+            batch.rollout_logprobs,
+            batch.teacher_logprobs,
+            batch.loss_mask,
+            clip=self.clip,
+            normalizer=normalizer,
+        )
+        return main, {k: stats[k] for k in self.stat_keys}
+
+    def metrics(self, sums, normalizer):
+        return {
+            "reverse_kl": sums["reverse_kl_sum"] / normalizer,
+            "clip_fraction": sums["clipped_sum"] / normalizer,
+            "train_rollout_logprob_diff": sums["train_rollout_logprob_abs_diff_sum"] / normalizer,
+        }

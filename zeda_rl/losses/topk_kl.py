@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from zeda_rl.losses.objective import Objective, register_objective
+
 # Teacher tail mass floor: a top-k that holds all the mass in float32 leaves log(0).
 _MIN_TAIL = 1e-6
 
@@ -59,3 +61,48 @@ def topk_reverse_kl(
             "teacher_tail_sum": float(((1.0 - teacher_mass.squeeze(-1)) * mask).sum()),
         }
     return loss, stats
+
+
+@register_objective
+class TopKKLObjective(Objective):
+    """``topk_kl``: the top-k reverse KL at the positions the teacher's top-k covers (the
+    responses, or every fed position with ``stage2.kl_positions=all``), and the rollout vs
+    trainer log-prob gap of the sampled tokens (the same train/serve check as OPD's)."""
+
+    name = "topk_kl"
+    label = "stage 2 (top-k KL)"
+    on_policy = True
+    stat_keys = (
+        "reverse_kl_sum",
+        "teacher_tail_sum",
+        "train_rollout_logprob_abs_diff_sum",
+        "response_tokens_sum",
+    )
+
+    def normalizer(self, samples) -> int:
+        return sum(len(s.teacher_topk_ids) for s in samples)
+
+    def loss(self, logits, logp, batch, normalizer):
+        if batch.teacher_topk_ids is None or batch.rollout_logprobs is None:
+            raise ValueError("topk_kl needs the teacher's top-k and the rollout logprobs")
+        main, stats = topk_reverse_kl(
+            logits,
+            batch.teacher_topk_ids,
+            batch.teacher_topk_logprobs,
+            batch.teacher_topk_mask,
+            normalizer=normalizer,
+        )
+        mask = batch.loss_mask.to(logp.dtype)
+        gap = ((logp.detach() - batch.rollout_logprobs).abs() * mask).sum()
+        stats["train_rollout_logprob_abs_diff_sum"] = float(gap)
+        stats["response_tokens_sum"] = float(mask.sum())
+        return main, {k: stats[k] for k in self.stat_keys}
+
+    def metrics(self, sums, normalizer):
+        response_tokens = max(sums["response_tokens_sum"], 1.0)
+        return {
+            "reverse_kl": sums["reverse_kl_sum"] / normalizer,
+            "teacher_tail": sums["teacher_tail_sum"] / normalizer,
+            "train_rollout_logprob_diff": sums["train_rollout_logprob_abs_diff_sum"]
+            / response_tokens,
+        }

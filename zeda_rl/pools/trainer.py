@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from zeda_rl.losses.group_aux_loss import GroupAuxLossConfig
-from zeda_rl.trainer.backend import OptimConfig, make_backend
 from zeda_rl.trainer.batch import Sample
+from zeda_rl.trainer.interface import OptimConfig
+from zeda_rl.trainer.registry import make_backend
 
 
 class TrainerWorker:
@@ -46,7 +47,7 @@ class TrainerWorker:
             routing_replay=routing_replay,
             ppo_clip=ppo_clip,
             seed=seed,
-            **(parallel or {}),
+            parallel=parallel,
         )
 
     def ready(self) -> int:

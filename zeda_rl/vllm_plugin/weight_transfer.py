@@ -383,7 +383,7 @@ def connect_trainer(
     import ray
     from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactory
 
-    from zeda_rl.trainer.backend import free_port
+    from zeda_rl.trainer.distributed import free_port
 
     register_engines()
     world_size = 1 + len(rollouts) * workers_per_engine

@@ -7,7 +7,7 @@ expert. Every forward and backward is then a collective over the EP group, so th
 run the same micro-batches in step (``StepBackend.lockstep``), as do ``logprobs``,
 ``named_tensors`` (which gathers the experts) and ``save``: call them on every rank.
 
-Weights are loaded from and exported to transformers names (convert.py), so checkpoints,
+Weights are loaded from and exported to transformers names (state_mapping.py), so checkpoints,
 the vLLM rollout engines and the torch backend all share one format. The step logic (losses,
 GAL, R3, metrics) is ``StepBackend``'s; the Group Auxiliary Loss reads the same routing
 records as in the transformers model, written by the ZEDA router (router.py).
@@ -27,8 +27,10 @@ import torch.distributed as dist
 
 from zeda_rl.losses.group_aux_loss import GroupAuxLossConfig
 from zeda_rl.models.zero_experts import RoutingState
-from zeda_rl.trainer.backend import OptimConfig, StepBackend
 from zeda_rl.trainer.batch import Batch
+from zeda_rl.trainer.distributed import destroy_process_group, init_process_group
+from zeda_rl.trainer.interface import OptimConfig
+from zeda_rl.trainer.step import StepBackend
 
 
 def load_hf_state(model_dir: str | Path, keep=lambda name: True) -> dict[str, torch.Tensor]:
@@ -58,9 +60,7 @@ def init_model_parallel(
             f"trainer.expert_parallel={expert_parallel} must divide trainer.num_workers="
             f"{world_size}"
         )
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size)
+    init_process_group(rank=rank, world_size=world_size, init_method=init_method)
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(
             tensor_model_parallel_size=1,
@@ -143,8 +143,12 @@ class MegatronBackend(StepBackend):
         )
         from megatron.core import parallel_state
 
-        from zeda_rl.trainer.megatron.convert import experts_on_rank, hf_to_megatron, is_expert_of
         from zeda_rl.trainer.megatron.model import build_gpt_model, moe_layer_pattern
+        from zeda_rl.trainer.megatron.state_mapping import (
+            experts_on_rank,
+            hf_to_megatron,
+            is_expert_of,
+        )
 
         torch.manual_seed(seed + rank)
         config = self.hf_config
@@ -229,7 +233,7 @@ class MegatronBackend(StepBackend):
         every rank calls it)."""
         from megatron.core import parallel_state
 
-        from zeda_rl.trainer.megatron.convert import megatron_to_hf
+        from zeda_rl.trainer.megatron.state_mapping import megatron_to_hf
 
         rest, local = {}, {}
         for name, tensor in self.model.state_dict().items():
@@ -261,7 +265,7 @@ class MegatronBackend(StepBackend):
         writes its own optimizer state (its experts' moments differ)."""
         from safetensors.torch import save_file
 
-        from zeda_rl.trainer.megatron.convert import to_checkpoint_layout
+        from zeda_rl.trainer.megatron.state_mapping import to_checkpoint_layout
 
         state = to_checkpoint_layout(self._hf_state())
         directory.mkdir(parents=True, exist_ok=True)
@@ -297,5 +301,4 @@ class MegatronBackend(StepBackend):
         from megatron.core import parallel_state
 
         parallel_state.destroy_model_parallel()
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        destroy_process_group()
