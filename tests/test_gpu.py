@@ -17,7 +17,8 @@ pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 def test_gpu_weight_sync(tmp_path, method):
     import ray
 
-    from zeda_rl.orchestrator import Pools, check_sync
+    from zeda_rl.orchestrator import check_sync
+    from zeda_rl.pools.placement import Pools
     from zeda_rl.trainer.batch import Sample
 
     build_static_model("qwen3_moe", 0).save_pretrained(tmp_path / "teacher")

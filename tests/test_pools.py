@@ -16,7 +16,8 @@ from zeda_rl.convert import convert
 def test_weight_sync_and_dead_actors_are_replaced(tmp_path, method):
     import ray
 
-    from zeda_rl.orchestrator import Pools, check_sync
+    from zeda_rl.orchestrator import check_sync
+    from zeda_rl.pools.placement import Pools
     from zeda_rl.trainer.batch import Sample
 
     build_static_model("qwen3_moe", 0).save_pretrained(tmp_path / "teacher")

@@ -13,7 +13,13 @@ import hashlib
 import json
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from zeda_rl.config import RunConfig
+    from zeda_rl.pools.group import ActorGroup
 
 STAGES = ("stage1", "stage2")
 MANIFEST, STATE = "manifest.json", "state.json"
@@ -93,3 +99,63 @@ def latest_checkpoint(root: Path, log=print) -> tuple[Path, dict] | None:
             return path, json.loads((path / STATE).read_text())
         log(f"checkpoint {path} fails verification (incomplete or corrupted): skipped")
     return None
+
+
+# -- the run's checkpointer and where a resumed run starts ------------------------------------
+
+
+def checkpoint_root(cfg: RunConfig, run_dir: Path) -> Path:
+    return Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else run_dir / "checkpoints"
+
+
+class Checkpointer:
+    """Saves at ``checkpoint.every_steps`` and at each stage's last step; all trainer ranks
+    take part (the save is collective), rank 0 writes."""
+
+    def __init__(self, cfg: RunConfig, trainers: ActorGroup, run_dir: Path):
+        self.cfg, self.trainers, self.run_dir = cfg, trainers, run_dir
+        self.root = checkpoint_root(cfg, run_dir)
+
+    def maybe_save(self, stage: str, step: int, last_step: bool) -> Path | None:
+        every = self.cfg.checkpoint.every_steps
+        if not last_step and not (every > 0 and (step + 1) % every == 0):
+            return None
+        state = {"seed": self.cfg.seed, "stage_complete": last_step}
+        return save_checkpoint(
+            self.root,
+            stage,
+            step,
+            lambda folder: self.trainers.call("save", str(folder)),
+            state,
+            self.cfg.checkpoint.keep,
+        )
+
+
+@dataclass
+class ResumePoint:
+    """Where a resumed run starts: the checkpoint's weights, and the first step of each
+    stage to run (-1: the stage is already complete)."""
+
+    weights_dir: Path
+    state: dict
+    stage1_start: int
+    stage2_start: int
+
+    @property
+    def stage1_complete(self) -> bool:
+        return self.stage1_start < 0 and self.state["stage"] == "stage1"
+
+
+def resume_point(cfg: RunConfig, run_dir: Path, log=print) -> ResumePoint | None:
+    """The newest verified checkpoint of the run and the steps it resumes at; None (and a
+    warning) when there is none."""
+    found = latest_checkpoint(checkpoint_root(cfg, run_dir), log=log)
+    if found is None:
+        log("checkpoint.resume=true but no valid checkpoint found: starting fresh")
+        return None
+    path, state = found
+    if state["stage"] == "stage1" and not state.get("stage_complete"):
+        return ResumePoint(path, state, state["step"] + 1, 0)
+    if state["stage"] == "stage1":  # at the boundary: stage 1 is done
+        return ResumePoint(path, state, -1, 0)
+    return ResumePoint(path, state, -1, state["step"] + 1)

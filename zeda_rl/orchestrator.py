@@ -19,13 +19,13 @@
     │ stage 1: response NLL + GAL    stage 2: PPO(A = log p_T - log p_S) + GAL, R3 │
     └───────────────────────────────────────────────────────┘
 
-Every remote call has a timeout; a rollout or teacher actor that dies is restarted (the
-rollout one gets the current weights) and the call retried once.
+The pools (pools/placement.py) are actor groups (pools/group.py): every remote call has a
+timeout; a rollout or teacher actor that dies or hangs is rebuilt (a rollout engine gets the
+current weights) and its call retried once. Checkpoints and resume: checkpoint.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -33,243 +33,96 @@ import random
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from zeda_rl.config import RunConfig, active_mix
 from zeda_rl.trainer.batch import Sample
+
+if TYPE_CHECKING:
+    from zeda_rl.pools.placement import Pools
 
 log = logging.getLogger(__name__)
 
 TEACHER_CHUNK = 1024  # prompts per stage-1 generation call
 
 
-class Pools:
-    """Actor handles of the three pools, placed in one placement group."""
+def run_pipeline(cfg: RunConfig, teacher_dir: Path, student_dir: Path, run_dir: Path) -> dict:
+    """Both stages on a local Ray instance; returns timings and the final student folder."""
+    import ray
+    from transformers import AutoTokenizer
 
-    def __init__(self, cfg: RunConfig, teacher_dir: Path, student_dir: Path, stop_ids: list[int]):
-        import ray
-        from ray.util.placement_group import placement_group
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+    from zeda_rl.checkpoint import Checkpointer, resume_point
+    from zeda_rl.data.prompts import build_prompts, tokenize_prompts
+    from zeda_rl.pools.placement import Pools
+    from zeda_rl.tracking import Tracker
 
-        from zeda_rl.trainer.distributed import local_init_method
-
-        self.cfg, self.teacher_dir, self.stop_ids = cfg, teacher_dir, stop_ids
-        r, t, tr = cfg.rollout, cfg.teacher, cfg.trainer
-        bundles = (
-            [_bundle(r.cpus_per_worker, r.gpus_per_worker)] * r.num_workers
-            + [_bundle(t.cpus, t.gpus)]
-            + [_bundle(tr.cpus_per_worker, tr.gpus_per_worker)] * tr.num_workers
-        )
-        strategy = "PACK" if cfg.resources.layout == "colocated" else "SPREAD"
-        self.group = placement_group(bundles, strategy=strategy, name=f"{cfg.name}-pools")
-        ray.get(self.group.ready(), timeout=cfg.resources.timeout_s)
-        self._bundle = iter(range(len(bundles)))
-
-        def place(cls, name: str, cpus: float, gpus: float):
-            return ray.remote(cls).options(
-                name=name,
-                num_cpus=cpus,
-                num_gpus=gpus,
-                max_restarts=0,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(
-                    self.group, placement_group_bundle_index=next(self._bundle)
-                ),
-            )
-
-        from zeda_rl.pools.rollout import RolloutWorker
-        from zeda_rl.pools.teacher import TeacherWorker
-        from zeda_rl.pools.trainer import TrainerWorker
-
-        self._rollout_factories = [
-            place(RolloutWorker, f"rollout-{i}", r.cpus_per_worker, r.gpus_per_worker)
-            for i in range(r.num_workers)
-        ]
-        self._teacher_factory = place(TeacherWorker, "teacher-0", t.cpus, t.gpus)
-        self.student_dir = student_dir
-        self.rollouts = [self._new_rollout(i) for i in range(r.num_workers)]
-        self.teacher = self._new_teacher()
-        init = local_init_method()
-        optim = _optim(cfg, stage=1 if cfg.stage1.enabled else 2)
-        self.trainers = [
-            place(TrainerWorker, f"trainer-{rank}", tr.cpus_per_worker, tr.gpus_per_worker).remote(
-                str(student_dir),
-                backend=tr.backend,
-                rank=rank,
-                world_size=tr.num_workers,
-                init_method=init,
-                optim=optim,
-                gal=cfg.group_aux_loss,
-                temperature=cfg.rollout.temperature,
-                routing_replay=cfg.rollout.routing_replay,
-                ppo_clip=cfg.stage2.ppo_clip,
-                seed=cfg.seed,
-                threads=max(1, int(tr.cpus_per_worker)),
-                parallel=_parallel(cfg),
-            )
-            for rank in range(tr.num_workers)
-        ]
-        self.get([a.ready.remote() for a in [*self.rollouts, self.teacher, *self.trainers]])
-        from zeda_rl.weight_sync import WeightSync
-
-        self.weights = WeightSync(
-            cfg.weight_sync.method,
-            self.trainers,
-            bucket_mb=cfg.weight_sync.bucket_mb,
-            workers_per_engine=r.tensor_parallel_size,
-            timeout_s=cfg.resources.timeout_s,
-        )
-        self.weights.connect(self.rollouts)
-
-    def _new_rollout(self, i: int):
-        from zeda_rl.weight_sync import ENGINE_BACKENDS
-
-        r = self.cfg.rollout
-        return self._rollout_factories[i].remote(
-            str(self.student_dir),
-            seed=self.cfg.seed + i,
-            max_model_len=r.max_model_len,
-            kv_cache_gib=r.kv_cache_gib,
-            tensor_parallel_size=r.tensor_parallel_size,
-            capture_routes=r.routing_replay,
-            weight_transfer_backend=ENGINE_BACKENDS.get(self.cfg.weight_sync.method),
-        )
-
-    def _new_teacher(self):
-        t = self.cfg.teacher
-        return self._teacher_factory.remote(
-            str(self.teacher_dir),
-            seed=self.cfg.seed,
-            max_model_len=t.max_model_len,
-            kv_cache_gib=t.kv_cache_gib,
-            tensor_parallel_size=t.tensor_parallel_size,
-            temperature=t.temperature,
-        )
-
-    def get(self, refs):
-        import ray
-
-        return ray.get(refs, timeout=self.cfg.resources.timeout_s)
-
-    def call_teacher(self, method: str, *args, **kwargs):
-        """A teacher call, retried once on a fresh actor if the actor died."""
-        import ray
-
-        try:
-            return self.get(getattr(self.teacher, method).remote(*args, **kwargs))
-        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as err:
-            log.warning("teacher actor failed (%s); restarting it and retrying", type(err).__name__)
-            ray.kill(self.teacher, no_restart=True)
-            self.teacher = self._new_teacher()
-            return self.get(getattr(self.teacher, method).remote(*args, **kwargs))
-
-    def generate_rollouts(self, prompts: list[list[int]]) -> list:
-        """Split prompts over the rollout workers; a dead worker is restarted, given the
-        trainer's current weights, and its share retried once."""
-        import ray
-
-        shares = _split(prompts, len(self.rollouts))
-        kwargs = dict(
-            temperature=self.cfg.rollout.temperature,
-            max_tokens=self.cfg.stage2.max_new_tokens,
-            stop_token_ids=self.stop_ids,
-        )
-        refs = [
-            w.generate.remote(share, **kwargs)
-            for w, share in zip(self.rollouts, shares, strict=True)
-        ]
-        out = []
-        for i, ref in enumerate(refs):
-            try:
-                out.append(self.get(ref))
-            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as err:
-                log.warning(
-                    "rollout-%d failed (%s); restarting it and retrying", i, type(err).__name__
-                )
-                ray.kill(self.rollouts[i], no_restart=True)
-                self.rollouts[i] = self._new_rollout(i)
-                self.weights.connect(self.rollouts)
-                self.sync_weights()
-                out.append(self.get(self.rollouts[i].generate.remote(shares[i], **kwargs)))
-        return [g for part in out for g in part]
-
-    def sync_weights(self) -> dict:
-        """The trainer's current weights into every rollout engine (weight_sync.py)."""
-        return self.weights.push()
-
-    def train(self, samples: list[Sample], objective: str, lr: float) -> dict[str, float]:
-        from zeda_rl.losses.objective import get_objective
-
-        # The positions every per-token average of the objective divides by, over all ranks.
-        tokens = get_objective(objective).normalizer(samples)
-        shares = _split(samples, len(self.trainers))
-        metrics = self.get(
-            [
-                t.train_step.remote(share, objective=objective, lr=lr, global_tokens=tokens)
-                for t, share in zip(self.trainers, shares, strict=True)
-            ]
-        )
-        return metrics[0]  # every rank reports the same all-reduced metrics
-
-    def shutdown(self) -> None:
-        import ray
-        from ray.util.placement_group import remove_placement_group
-
-        for t in self.trainers:
-            # A dead rank has nothing left to close.
-            with contextlib.suppress(Exception):
-                ray.get(t.close.remote(), timeout=30)
-        for actor in [*self.rollouts, self.teacher, *self.trainers]:
-            ray.kill(actor, no_restart=True)
-        remove_placement_group(self.group)
-
-
-def _parallel(cfg: RunConfig) -> dict[str, int] | None:
-    """Model parallelism of the megatron backend (the torch backend is data-parallel)."""
-    tr = cfg.trainer
-    if tr.backend != "megatron":
-        return None
-    return {
-        "expert_parallel": tr.expert_parallel,
-        "tensor_parallel": tr.tensor_parallel,
-        "pipeline_parallel": tr.pipeline_parallel,
-    }
-
-
-def _bundle(cpus: float, gpus: float) -> dict[str, float]:
-    return {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
-
-
-def _split(items: list, parts: int) -> list[list]:
-    """Contiguous, balanced shares (the first ones one longer)."""
-    size, extra = divmod(len(items), parts)
-    out, start = [], 0
-    for i in range(parts):
-        end = start + size + (1 if i < extra else 0)
-        out.append(items[start:end])
-        start = end
-    return out
-
-
-def _optim(cfg: RunConfig, stage: int):
-    from zeda_rl.trainer.interface import OptimConfig
-
-    s = cfg.stage1 if stage == 1 else cfg.stage2
-    return OptimConfig(
-        lr=s.lr,
-        betas=tuple(s.betas),
-        weight_decay=s.weight_decay,
-        grad_clip=cfg.trainer.grad_clip,
-        micro_batch_size=cfg.trainer.micro_batch_size,
-        offload=cfg.trainer.optimizer_offload,
+    tokenizer = AutoTokenizer.from_pretrained(student_dir)
+    prompts = tokenize_prompts(
+        tokenizer, build_prompts(active_mix(cfg.prompts.mix), cfg.prompts.seed)
     )
-
-
-def cosine_lr(step: int, total: int, peak: float, warmup_ratio: float) -> float:
-    """Linear warm-up over ``warmup_ratio`` of the steps, then cosine to 0 (method.md 3)."""
-    warmup = max(1, round(total * warmup_ratio))
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+    stop_ids = _stop_ids(student_dir)
+    ctx = ray.init(
+        num_cpus=cfg.resources.cpus_per_node,
+        include_dashboard=True,
+        log_to_driver=False,
+        ignore_reinit_error=True,
+        runtime_env=_runtime_env(cfg),
+    )
+    log.info("Ray dashboard: http://%s", ctx.dashboard_url)
+    tracker = Tracker(
+        run_dir,
+        asdict(cfg),
+        use_wandb=cfg.logging.wandb,
+        mode=cfg.logging.wandb_mode,
+        project=cfg.logging.project,
+        log_every=cfg.logging.log_every,
+    )
+    summary: dict = {"dashboard": f"http://{ctx.dashboard_url}"}
+    start = {"stage1": 0, "stage2": 0}
+    weights_dir = student_dir
+    resumed = resume_point(cfg, run_dir, log=log.warning) if cfg.checkpoint.resume else None
+    if resumed is not None:
+        weights_dir, state = resumed.weights_dir, resumed.state
+        summary["resumed_from"] = str(weights_dir)
+        start = {"stage1": resumed.stage1_start, "stage2": resumed.stage2_start}
+        if resumed.stage1_complete:
+            summary["stage1"] = {"complete_before_resume": True, "steps": state["step"] + 1}
+        # The log holds what the resumed run will redo: keep it up to the checkpoint, so that
+        # it reads as the uninterrupted run's.
+        tracker.truncate_after(state["stage"], state["step"])
+        log.info("resuming from %s (%s step %s)", weights_dir, state["stage"], state["step"])
+    t0 = time.perf_counter()
+    pools = Pools(cfg, teacher_dir, weights_dir, stop_ids)
+    if resumed is not None:
+        pools.trainer_group.call("load_optimizer", str(weights_dir))
+    summary["pools_start_s"] = round(time.perf_counter() - t0, 1)
+    summary["dashboard_actors"] = _dashboard_actors(summary["dashboard"])
+    ckpt = Checkpointer(cfg, pools.trainer_group, run_dir)
+    try:
+        if cfg.stage1.enabled and start["stage1"] >= 0:
+            t = time.perf_counter()
+            summary["stage1"] = run_stage1(cfg, pools, prompts, tracker, ckpt, start["stage1"])
+            summary["stage1"]["seconds"] = round(time.perf_counter() - t, 1)
+        if cfg.stage2.enabled:
+            t = time.perf_counter()
+            summary["stage2"] = run_stage2(cfg, pools, prompts, tracker, ckpt, start["stage2"])
+            summary["stage2"]["seconds"] = round(time.perf_counter() - t, 1)
+        final = run_dir / "student_final"
+        pools.trainer_group.call("save", str(final))  # collective
+        for name in (
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "chat_template.jinja",
+            "generation_config.json",
+        ):
+            if (student_dir / name).is_file():
+                (final / name).write_bytes((student_dir / name).read_bytes())
+        summary["student_final"] = str(final)
+    finally:
+        pools.shutdown()
+        tracker.close()
+        ray.shutdown()
+    return summary
 
 
 def run_stage1(
@@ -328,9 +181,7 @@ def run_stage2(
     s = cfg.stage2
     if start_step == 0:
         # Stage 2 is its own optimisation (constant lr): Adam starts from fresh moments.
-        pools.get(
-            [t.reset_optimizer.remote(tuple(s.betas), s.weight_decay) for t in pools.trainers]
-        )
+        pools.trainer_group.call("reset_optimizer", tuple(s.betas), s.weight_decay)
     pools.sync_weights()
     last: dict = {}
     from zeda_rl.losses.objective import get_objective
@@ -390,9 +241,9 @@ def check_sync(cfg: RunConfig, pools: Pools, probe: list[Sample]) -> float:
     than ``weight_sync.check_tolerance``.
     """
     pairs = [(s.prompt_ids, s.response_ids) for s in probe]
-    engines = pools.get([w.score.remote(pairs, 1.0) for w in pools.rollouts])
+    engines = pools.rollout_group.call("score", pairs, 1.0)
     # Every rank computes (a lockstep backend needs all of them); rank 0's answer is used.
-    trainer = pools.get([t.logprobs.remote(probe, 1.0, False) for t in pools.trainers])[0]
+    trainer = pools.trainer_group.call("logprobs", probe, 1.0, False)[0]
     diffs = [
         abs(a - b)
         for engine in engines
@@ -411,126 +262,13 @@ def check_sync(cfg: RunConfig, pools: Pools, probe: list[Sample]) -> float:
     return max(diffs)
 
 
-class Checkpointer:
-    """Saves at ``checkpoint.every_steps`` and at each stage's last step; all trainer ranks
-    take part (the save is collective), rank 0 writes."""
-
-    def __init__(self, cfg: RunConfig, pools: Pools, run_dir: Path):
-        self.cfg, self.pools, self.run_dir = cfg, pools, run_dir
-        self.root = checkpoint_root(cfg, run_dir)
-
-    def maybe_save(self, stage: str, step: int, last_step: bool) -> Path | None:
-        every = self.cfg.checkpoint.every_steps
-        if not last_step and not (every > 0 and (step + 1) % every == 0):
-            return None
-        from zeda_rl.checkpoint import save_checkpoint
-
-        def write(folder: Path) -> None:
-            self.pools.get([t.save.remote(str(folder)) for t in self.pools.trainers])
-
-        state = {"seed": self.cfg.seed, "stage_complete": last_step}
-        return save_checkpoint(self.root, stage, step, write, state, self.cfg.checkpoint.keep)
-
-
-def checkpoint_root(cfg: RunConfig, run_dir: Path) -> Path:
-    return Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else run_dir / "checkpoints"
-
-
-def _shuffled(items: list, seed: int) -> list:
-    out = list(items)
-    random.Random(seed).shuffle(out)
-    return out
-
-
-def _runtime_env(cfg: RunConfig) -> dict | None:
-    """What every actor (and the vLLM processes it starts) must inherit: the experts backend
-    of CUDA tensors, when one is chosen."""
-    from zeda_kernels import BACKEND_ENV
-
-    if cfg.kernels.experts_backend == "auto":
-        return None
-    return {"env_vars": {BACKEND_ENV: cfg.kernels.experts_backend}}
-
-
-def run_pipeline(cfg: RunConfig, teacher_dir: Path, student_dir: Path, run_dir: Path) -> dict:
-    """Both stages on a local Ray instance; returns timings and the final student folder."""
-    import ray
-    from transformers import AutoTokenizer
-
-    from zeda_rl.data.prompts import build_prompts, tokenize_prompts
-    from zeda_rl.tracking import Tracker
-
-    tokenizer = AutoTokenizer.from_pretrained(student_dir)
-    prompts = tokenize_prompts(
-        tokenizer, build_prompts(active_mix(cfg.prompts.mix), cfg.prompts.seed)
-    )
-    stop_ids = _stop_ids(student_dir)
-    ctx = ray.init(
-        num_cpus=cfg.resources.cpus_per_node,
-        include_dashboard=True,
-        log_to_driver=False,
-        ignore_reinit_error=True,
-        runtime_env=_runtime_env(cfg),
-    )
-    log.info("Ray dashboard: http://%s", ctx.dashboard_url)
-    tracker = Tracker(
-        run_dir,
-        asdict(cfg),
-        use_wandb=cfg.logging.wandb,
-        mode=cfg.logging.wandb_mode,
-        project=cfg.logging.project,
-        log_every=cfg.logging.log_every,
-    )
-    summary: dict = {"dashboard": f"http://{ctx.dashboard_url}"}
-    start = {"stage1": 0, "stage2": 0}
-    weights_dir = student_dir
-    resumed = _resume_point(cfg, run_dir) if cfg.checkpoint.resume else None
-    if resumed is not None:
-        weights_dir, state = resumed
-        summary["resumed_from"] = str(weights_dir)
-        if state["stage"] == "stage1" and not state.get("stage_complete"):
-            start["stage1"] = state["step"] + 1
-        elif state["stage"] == "stage1":  # at the boundary: stage 1 is done
-            start["stage1"] = -1
-            summary["stage1"] = {"complete_before_resume": True, "steps": state["step"] + 1}
-        else:
-            start["stage1"], start["stage2"] = -1, state["step"] + 1
-        # The log holds what the resumed run will redo: keep it up to the checkpoint, so that
-        # it reads as the uninterrupted run's.
-        tracker.truncate_after(state["stage"], state["step"])
-        log.info("resuming from %s (%s step %s)", weights_dir, state["stage"], state["step"])
-    t0 = time.perf_counter()
-    pools = Pools(cfg, teacher_dir, weights_dir, stop_ids)
-    if resumed is not None:
-        pools.get([t.load_optimizer.remote(str(weights_dir)) for t in pools.trainers])
-    summary["pools_start_s"] = round(time.perf_counter() - t0, 1)
-    summary["dashboard_actors"] = _dashboard_actors(summary["dashboard"])
-    ckpt = Checkpointer(cfg, pools, run_dir)
-    try:
-        if cfg.stage1.enabled and start["stage1"] >= 0:
-            t = time.perf_counter()
-            summary["stage1"] = run_stage1(cfg, pools, prompts, tracker, ckpt, start["stage1"])
-            summary["stage1"]["seconds"] = round(time.perf_counter() - t, 1)
-        if cfg.stage2.enabled:
-            t = time.perf_counter()
-            summary["stage2"] = run_stage2(cfg, pools, prompts, tracker, ckpt, start["stage2"])
-            summary["stage2"]["seconds"] = round(time.perf_counter() - t, 1)
-        final = run_dir / "student_final"
-        pools.get([t.save.remote(str(final)) for t in pools.trainers])  # collective
-        for name in (
-            "tokenizer.json",
-            "tokenizer_config.json",
-            "chat_template.jinja",
-            "generation_config.json",
-        ):
-            if (student_dir / name).is_file():
-                (final / name).write_bytes((student_dir / name).read_bytes())
-        summary["student_final"] = str(final)
-    finally:
-        pools.shutdown()
-        tracker.close()
-        ray.shutdown()
-    return summary
+def cosine_lr(step: int, total: int, peak: float, warmup_ratio: float) -> float:
+    """Linear warm-up over ``warmup_ratio`` of the steps, then cosine to 0 (method.md 3)."""
+    warmup = max(1, round(total * warmup_ratio))
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def _dashboard_actors(url: str) -> dict[str, str]:
@@ -548,18 +286,23 @@ def _dashboard_actors(url: str) -> dict[str, str]:
     return actors
 
 
-def _resume_point(cfg: RunConfig, run_dir: Path) -> tuple[Path, dict] | None:
-    from zeda_rl.checkpoint import latest_checkpoint
+def _runtime_env(cfg: RunConfig) -> dict | None:
+    """What every actor (and the vLLM processes it starts) must inherit: the experts backend
+    of CUDA tensors, when one is chosen."""
+    from zeda_kernels import BACKEND_ENV
 
-    found = latest_checkpoint(checkpoint_root(cfg, run_dir))
-    if found is None:
-        log.warning("checkpoint.resume=true but no valid checkpoint found: starting fresh")
-    return found
+    if cfg.kernels.experts_backend == "auto":
+        return None
+    return {"env_vars": {BACKEND_ENV: cfg.kernels.experts_backend}}
+
+
+def _shuffled(items: list, seed: int) -> list:
+    out = list(items)
+    random.Random(seed).shuffle(out)
+    return out
 
 
 def _stop_ids(model_dir: Path) -> list[int]:
-    import json
-
     config = json.loads((model_dir / "config.json").read_text())
     eos = config.get("eos_token_id")
     return [eos] if isinstance(eos, int) else list(eos or [])

@@ -34,7 +34,9 @@ class TrainerWorker:
         # oversubscribe them (measured: 10x slower steps with 2 ranks on 2 cores).
         torch.set_num_threads(threads)
         self.rank = rank
-        self.transfer = None  # this rank's end of vLLM's weight transfer (weight_sync.py)
+        self.transfer = (
+            None  # this rank's end of vLLM's weight transfer (weight_sync/vllm_transfer.py)
+        )
         self.backend = make_backend(
             backend,
             model_dir,
@@ -72,7 +74,7 @@ class TrainerWorker:
         every rank must call it (a sharded backend gathers its shards)."""
         import ray
 
-        from zeda_rl.weight_sync import bucketize
+        from zeda_rl.weight_sync.object_store import bucketize
 
         buckets = bucketize(self.backend.named_tensors(), bucket_mb)
         return [ray.put(b) for b in buckets] if self.rank == 0 else []

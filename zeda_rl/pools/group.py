@@ -1,0 +1,111 @@
+"""One object per role that fans calls out to every actor of the role, and replaces a dead
+one under one retry policy (slime's actor group, with the restart the pools need)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """What a failed call (actor died, or no answer within ``timeout_s``) gets: the actor is
+    killed and rebuilt, ``on_restart`` runs, and the call is tried again, at most
+    ``retries`` times."""
+
+    timeout_s: float
+    retries: int = 1
+
+
+class ActorGroup:
+    """``size`` actors built by ``factory(rank)``.
+
+    ``call`` sends the same call to every actor and waits for all (what a collective needs:
+    no retry, one rank alone cannot redo it); ``scatter`` sends one share to each and retries
+    a failed share on a rebuilt actor; ``call_one`` does the same for one actor.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        factory: Callable[[int], object],
+        size: int,
+        policy: RetryPolicy,
+        on_restart: Callable[[int], None] | None = None,
+    ) -> None:
+        self.name, self.factory, self.policy = name, factory, policy
+        self.on_restart = on_restart
+        self.actors = [factory(rank) for rank in range(size)]
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    def get(self, refs):
+        import ray
+
+        return ray.get(refs, timeout=self.policy.timeout_s)
+
+    def call(self, method: str, *args, **kwargs) -> list:
+        return self.get([getattr(a, method).remote(*args, **kwargs) for a in self.actors])
+
+    def scatter(self, method: str, shares: Sequence, retry: bool = True, **kwargs) -> list:
+        """``method(share, **kwargs)`` on actor i for the i-th share; results in order."""
+        if len(shares) != len(self.actors):
+            raise ValueError(f"{self.name}: {len(shares)} shares for {len(self.actors)} actors")
+        refs = [
+            getattr(a, method).remote(share, **kwargs)
+            for a, share in zip(self.actors, shares, strict=True)
+        ]
+        if not retry:
+            return self.get(refs)
+        return [
+            self._with_retry(rank, method, (share,), kwargs, first=ref)
+            for rank, (ref, share) in enumerate(zip(refs, shares, strict=True))
+        ]
+
+    def call_one(self, rank: int, method: str, *args, **kwargs):
+        return self._with_retry(rank, method, args, kwargs)
+
+    def _with_retry(self, rank: int, method: str, args: tuple, kwargs: dict, first=None):
+        import ray
+
+        failures = (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError)
+        attempt = 0
+        while True:
+            ref = (
+                first
+                if first is not None
+                else getattr(self.actors[rank], method).remote(*args, **kwargs)
+            )
+            first = None
+            try:
+                return self.get(ref)
+            except failures as err:
+                if attempt >= self.policy.retries:
+                    raise
+                attempt += 1
+                log.warning(
+                    "%s-%d failed (%s); restarting it and retrying",
+                    self.name,
+                    rank,
+                    type(err).__name__,
+                )
+                self.restart(rank)
+
+    def restart(self, rank: int) -> None:
+        """Kill actor ``rank`` and build a fresh one in its place."""
+        import ray
+
+        ray.kill(self.actors[rank], no_restart=True)
+        self.actors[rank] = self.factory(rank)
+        if self.on_restart is not None:
+            self.on_restart(rank)
+
+    def kill(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)

@@ -1,0 +1,250 @@
+"""The three pools of a run in one placement group: rollout engines (vLLM serving the
+student), the frozen teacher (vLLM) and the trainer ranks, each an ``ActorGroup``."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from zeda_rl.config import RunConfig
+from zeda_rl.pools.group import ActorGroup, RetryPolicy
+from zeda_rl.trainer.batch import Sample
+
+
+class Pools:
+    def __init__(self, cfg: RunConfig, teacher_dir: Path, student_dir: Path, stop_ids: list[int]):
+        import ray
+        from ray.util.placement_group import placement_group
+
+        from zeda_rl.trainer.distributed import local_init_method
+        from zeda_rl.weight_sync import make_weight_sync
+
+        self.cfg, self.teacher_dir, self.student_dir = cfg, teacher_dir, student_dir
+        self.stop_ids = stop_ids
+        r, t, tr = cfg.rollout, cfg.teacher, cfg.trainer
+        bundles = (
+            [_bundle(r.cpus_per_worker, r.gpus_per_worker)] * r.num_workers
+            + [_bundle(t.cpus, t.gpus)]
+            + [_bundle(tr.cpus_per_worker, tr.gpus_per_worker)] * tr.num_workers
+        )
+        strategy = "PACK" if cfg.resources.layout == "colocated" else "SPREAD"
+        self.group = placement_group(bundles, strategy=strategy, name=f"{cfg.name}-pools")
+        ray.get(self.group.ready(), timeout=cfg.resources.timeout_s)
+        policy = RetryPolicy(timeout_s=cfg.resources.timeout_s)
+        first_teacher, first_trainer = r.num_workers, r.num_workers + 1
+
+        self.rollout_group = ActorGroup(
+            "rollout", self._rollout_factory(), r.num_workers, policy, self._rollout_restarted
+        )
+        self.teacher_group = ActorGroup("teacher", self._teacher_factory(first_teacher), 1, policy)
+        self.trainer_group = ActorGroup(
+            "trainer",
+            self._trainer_factory(first_trainer, local_init_method()),
+            tr.num_workers,
+            policy,
+        )
+        for group in (self.rollout_group, self.teacher_group, self.trainer_group):
+            group.call("ready")
+        self.weights = make_weight_sync(
+            cfg.weight_sync.method,
+            self.trainers,
+            bucket_mb=cfg.weight_sync.bucket_mb,
+            workers_per_engine=r.tensor_parallel_size,
+            timeout_s=cfg.resources.timeout_s,
+        )
+        self.weights.connect(self.rollouts)
+
+    # -- actors ------------------------------------------------------------------------------
+
+    def _place(self, cls, name: str, cpus: float, gpus: float, bundle: int):
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        return ray.remote(cls).options(
+            name=name,
+            num_cpus=cpus,
+            num_gpus=gpus,
+            max_restarts=0,  # restarts are the group's, with the call retried
+            scheduling_strategy=PlacementGroupSchedulingStrategy(
+                self.group, placement_group_bundle_index=bundle
+            ),
+        )
+
+    def _rollout_factory(self):
+        from zeda_rl.pools.rollout import RolloutWorker
+        from zeda_rl.weight_sync import ENGINE_BACKENDS
+
+        r = self.cfg.rollout
+
+        def build(rank: int):
+            return self._place(
+                RolloutWorker, f"rollout-{rank}", r.cpus_per_worker, r.gpus_per_worker, rank
+            ).remote(
+                str(self.student_dir),
+                seed=self.cfg.seed + rank,
+                max_model_len=r.max_model_len,
+                kv_cache_gib=r.kv_cache_gib,
+                tensor_parallel_size=r.tensor_parallel_size,
+                capture_routes=r.routing_replay,
+                weight_transfer_backend=ENGINE_BACKENDS.get(self.cfg.weight_sync.method),
+            )
+
+        return build
+
+    def _rollout_restarted(self, rank: int) -> None:
+        """A replaced engine joins the weight transfer and gets the trainer's weights."""
+        self.weights.connect(self.rollouts)
+        self.sync_weights()
+
+    def _teacher_factory(self, bundle: int):
+        from zeda_rl.pools.teacher import TeacherWorker
+
+        t = self.cfg.teacher
+
+        def build(rank: int):
+            return self._place(TeacherWorker, "teacher-0", t.cpus, t.gpus, bundle).remote(
+                str(self.teacher_dir),
+                seed=self.cfg.seed,
+                max_model_len=t.max_model_len,
+                kv_cache_gib=t.kv_cache_gib,
+                tensor_parallel_size=t.tensor_parallel_size,
+                temperature=t.temperature,
+            )
+
+        return build
+
+    def _trainer_factory(self, first_bundle: int, init_method: str):
+        from zeda_rl.pools.trainer import TrainerWorker
+
+        cfg, tr = self.cfg, self.cfg.trainer
+
+        def build(rank: int):
+            return self._place(
+                TrainerWorker,
+                f"trainer-{rank}",
+                tr.cpus_per_worker,
+                tr.gpus_per_worker,
+                first_bundle + rank,
+            ).remote(
+                str(self.student_dir),
+                backend=tr.backend,
+                rank=rank,
+                world_size=tr.num_workers,
+                init_method=init_method,
+                optim=_optim(cfg, stage=1 if cfg.stage1.enabled else 2),
+                gal=cfg.group_aux_loss,
+                temperature=cfg.rollout.temperature,
+                routing_replay=cfg.rollout.routing_replay,
+                ppo_clip=cfg.stage2.ppo_clip,
+                seed=cfg.seed,
+                threads=max(1, int(tr.cpus_per_worker)),
+                parallel=_parallel(cfg),
+            )
+
+        return build
+
+    @property
+    def rollouts(self) -> list:
+        return self.rollout_group.actors
+
+    @property
+    def teacher(self):
+        return self.teacher_group.actors[0]
+
+    @property
+    def trainers(self) -> list:
+        return self.trainer_group.actors
+
+    # -- calls -------------------------------------------------------------------------------
+
+    def get(self, refs):
+        return self.trainer_group.get(refs)
+
+    def call_teacher(self, method: str, *args, **kwargs):
+        """A teacher call, retried on a fresh actor if the actor died or hung."""
+        return self.teacher_group.call_one(0, method, *args, **kwargs)
+
+    def generate_rollouts(self, prompts: list[list[int]]) -> list:
+        """Prompts split over the rollout engines; a dead engine is replaced, given the
+        trainer's current weights, and its share retried."""
+        shares = split(prompts, len(self.rollout_group))
+        out = self.rollout_group.scatter(
+            "generate",
+            shares,
+            temperature=self.cfg.rollout.temperature,
+            max_tokens=self.cfg.stage2.max_new_tokens,
+            stop_token_ids=self.stop_ids,
+        )
+        return [g for part in out for g in part]
+
+    def sync_weights(self) -> dict:
+        """The trainer's current weights into every rollout engine (weight_sync/)."""
+        return self.weights.push()
+
+    def train(self, samples: list[Sample], objective: str, lr: float) -> dict[str, float]:
+        from zeda_rl.losses.objective import get_objective
+
+        # The positions every per-token average of the objective divides by, over all ranks.
+        tokens = get_objective(objective).normalizer(samples)
+        metrics = self.trainer_group.scatter(
+            "train_step",
+            split(samples, len(self.trainer_group)),
+            retry=False,  # a step is collective over the ranks
+            objective=objective,
+            lr=lr,
+            global_tokens=tokens,
+        )
+        return metrics[0]  # every rank reports the same all-reduced metrics
+
+    def shutdown(self) -> None:
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        for t in self.trainers:
+            # A dead rank has nothing left to close.
+            with contextlib.suppress(Exception):
+                ray.get(t.close.remote(), timeout=30)
+        for group in (self.rollout_group, self.teacher_group, self.trainer_group):
+            group.kill()
+        remove_placement_group(self.group)
+
+
+def _parallel(cfg: RunConfig) -> dict[str, int] | None:
+    """Model parallelism of the megatron backend (the torch backend is data-parallel)."""
+    tr = cfg.trainer
+    if tr.backend != "megatron":
+        return None
+    return {
+        "expert_parallel": tr.expert_parallel,
+        "tensor_parallel": tr.tensor_parallel,
+        "pipeline_parallel": tr.pipeline_parallel,
+    }
+
+
+def _bundle(cpus: float, gpus: float) -> dict[str, float]:
+    return {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+
+
+def split(items: list, parts: int) -> list[list]:
+    """Contiguous, balanced shares (the first ones one longer)."""
+    size, extra = divmod(len(items), parts)
+    out, start = [], 0
+    for i in range(parts):
+        end = start + size + (1 if i < extra else 0)
+        out.append(items[start:end])
+        start = end
+    return out
+
+
+def _optim(cfg: RunConfig, stage: int):
+    from zeda_rl.trainer.interface import OptimConfig
+
+    s = cfg.stage1 if stage == 1 else cfg.stage2
+    return OptimConfig(
+        lr=s.lr,
+        betas=tuple(s.betas),
+        weight_decay=s.weight_decay,
+        grad_clip=cfg.trainer.grad_clip,
+        micro_batch_size=cfg.trainer.micro_batch_size,
+        offload=cfg.trainer.optimizer_offload,
+    )
