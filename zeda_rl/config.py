@@ -1,19 +1,42 @@
-"""Typed run configuration; the Hydra YAML under conf/ mirrors these dataclasses."""
+"""Typed run configuration; the Hydra YAML under conf/ mirrors these dataclasses.
+
+Fields with a fixed set of values are ``StrEnum``s: OmegaConf refuses any other value when
+the config is composed, naming the field and the choices (a member compares and formats as
+its string). Values whose range is checked against other fields are in validation.py.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Optional
 
+from zeda_rl.families import FAMILY_NAMES
 from zeda_rl.losses.group_aux_loss import GroupAuxLossConfig
 
-MODEL_FAMILIES = ("qwen3_moe", "glm4_moe_lite")
+
+def _choices(name: str, values: tuple[str, ...]) -> type[StrEnum]:
+    return StrEnum(name, {v: v for v in values}, module=__name__)
+
+
+ModelFamily = _choices("ModelFamily", FAMILY_NAMES)
+ZeroExpertType = _choices("ZeroExpertType", ("zero", "copy"))
+EvalSuite = _choices("EvalSuite", ("tiny", "full", "benchmarks"))
+EvalBackend = _choices("EvalBackend", ("vllm", "hf"))
+TrainerBackendName = _choices("TrainerBackendName", ("torch", "megatron"))
+Stage2Loss = _choices("Stage2Loss", ("opd", "topk_kl"))
+KlPositions = _choices("KlPositions", ("response", "all"))
+ExpertsBackend = _choices("ExpertsBackend", ("auto", "torch", "triton", "te"))
+WEIGHT_SYNC_METHODS = ("object_store", "gloo", "nccl", "ipc")
+WeightSyncMethod = _choices("WeightSyncMethod", WEIGHT_SYNC_METHODS)
+WandbMode = _choices("WandbMode", ("offline", "online", "disabled"))
+Layout = _choices("Layout", ("colocated", "separate"))
 
 
 @dataclass
 class ModelConfig:
-    family: str = "qwen3_moe"  # qwen3_moe | glm4_moe_lite
+    family: ModelFamily = ModelFamily.qwen3_moe
     # Mandatory ("???"): every experiment names its teacher.
     #   "teacher": the project's trained small teacher (python -m zeda_rl.teacher), cached;
     #   "random":  a random tiny model (plumbing checks only);
@@ -21,7 +44,7 @@ class ModelConfig:
     source: str = "???"
     teacher_preset: str = "cpu"  # with source="teacher"
     num_zero_experts: Optional[int] = None  # default N/2  # noqa: UP045 (OmegaConf needs Optional)
-    zero_expert_type: str = "zero"
+    zero_expert_type: ZeroExpertType = ZeroExpertType.zero
     seed: int = 0
     # Known real shapes (zeda_rl/plan.py: qwen3_30b_a3b | glm47): what dry_run plans with
     # when no checkpoint is at hand.
@@ -30,9 +53,9 @@ class ModelConfig:
 
 @dataclass
 class EvalConfig:
-    suite: str = "tiny"  # tiny | full
+    suite: EvalSuite = EvalSuite.tiny
     enabled: bool = True
-    backend: str = "vllm"  # vllm (the ZEDA plugin serves students) | hf (plain transformers)
+    backend: EvalBackend = EvalBackend.vllm  # vllm: the ZEDA plugin serves; hf: transformers
     # Training-free Top-P routing baselines (zeda_rl/models/top_p.py): the teacher under
     # Top-P at each p, evaluated beside it before adaptation.
     top_p_baselines: list[float] = field(default_factory=list)
@@ -92,7 +115,7 @@ class TeacherPoolConfig:
 
 @dataclass
 class TrainerConfig:
-    backend: str = "torch"  # torch | megatron (issue #5)
+    backend: TrainerBackendName = TrainerBackendName.torch
     num_workers: int = 2
     cpus_per_worker: float = 0.5
     gpus_per_worker: float = 0.0
@@ -136,11 +159,11 @@ class Stage2Config:
     # opd: the method's one-sample teacher advantage, PPO-clipped. topk_kl: the exact reverse
     # KL over the teacher's top-k tokens plus a tail bucket at every response position
     # (losses/topk_kl.py), a tiny-scale option for the low-token regime.
-    loss: str = "opd"
+    loss: Stage2Loss = Stage2Loss.opd
     teacher_top_k: int = 16  # topk_kl: how many of the teacher's log-probabilities (<= 20)
     # topk_kl: the positions it is taken over: the sampled responses', or every position
     # (the prompts' too: about 5x the signal per step at tiny scale).
-    kl_positions: str = "response"
+    kl_positions: KlPositions = KlPositions.response
 
 
 @dataclass
@@ -150,18 +173,14 @@ class KernelsConfig:
 
     # auto (triton when installed, else te, on CUDA) | torch | triton | te (transformer-
     # engine >= 2.1). Applies to CUDA tensors; on CPU the torch reference always runs.
-    experts_backend: str = "auto"
-
-
-WEIGHT_SYNC_METHODS = ("object_store", "gloo", "nccl", "ipc")
-TRAINER_BACKENDS = ("torch", "megatron")
+    experts_backend: ExpertsBackend = ExpertsBackend.auto
 
 
 @dataclass
 class WeightSyncConfig:
     # object_store (Ray object store, CPU default) | gloo | nccl | ipc (vLLM's weight
     # transfer API; gloo runs on CPU, nccl and ipc need GPUs, ipc a colocated layout)
-    method: str = "object_store"
+    method: WeightSyncMethod = WeightSyncMethod.object_store
     bucket_mb: float = 64.0
     check_logprobs: bool = False  # after each sync, rollout vs trainer logprobs on a probe
     check_tolerance: float = 1e-3  # max |difference| of per-token logprobs
@@ -182,7 +201,7 @@ class CheckpointConfig:
 @dataclass
 class LoggingConfig:
     wandb: bool = True
-    wandb_mode: str = "offline"  # offline | online | disabled
+    wandb_mode: WandbMode = WandbMode.offline
     project: str = "zeda_rl"
     # A full metrics line above the stage's progress bar every this many steps (and at the
     # last); 0: none. Every step goes to metrics.jsonl and wandb regardless.
@@ -197,7 +216,7 @@ class ResourcesConfig:
     cpus_per_node: Optional[float] = None  # noqa: UP045  (None: this machine's cores)
     gpus_per_node: int = 0
     gpu_memory_gib: float = 141.0  # per GPU (H200); the dry-run plan checks the fit
-    layout: str = "colocated"  # colocated: pools share nodes | separate: own nodes each
+    layout: Layout = Layout.colocated  # colocated: pools share nodes | separate: own nodes each
     timeout_s: float = 600.0  # every remote call waits at most this long
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from zeda_rl.families import FAMILIES, get_family, is_zeda_config
 from zeda_rl.safetensors_io import (
     CorruptShardError,
     ShardHeader,
@@ -41,17 +42,8 @@ INDEX_FILE = "model.safetensors.index.json"
 ROUTER_WEIGHT_SUFFIX = "mlp.gate.weight"
 ROUTER_BIAS_SUFFIX = "mlp.gate.e_score_correction_bias"
 
-# Static base model_type -> (ZEDA model_type, ZEDA architecture name)
-SUPPORTED_FAMILIES = {
-    "qwen3_moe": ("zeda_qwen3_moe", "ZedaQwen3MoeForCausalLM"),
-    "glm4_moe_lite": ("zeda_glm4_moe_lite", "ZedaGlm4MoeLiteForCausalLM"),
-}
-ZEDA_MODEL_TYPES = {
-    "zeda_qwen3_moe",
-    "zeda_glm4_moe_lite",
-    "qwen3_moe_plus_plus",
-    "glm4_moe_lite_plus_plus",
-}
+# Where MoE configs of any architecture keep their expert count (to tell "not an MoE" from
+# "an MoE we do not support").
 _EXPERT_COUNT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts")
 
 
@@ -82,11 +74,12 @@ def _num_routed_experts(config: dict[str, Any]) -> int:
 
 def _expected_moe_layers(config: dict[str, Any], family: str) -> int:
     layers = int(config["num_hidden_layers"])
-    if family == "glm4_moe_lite":
+    first_dense = get_family(family).first_dense_key
+    if first_dense is not None:
         types = config.get("mlp_layer_types")
         if types:
             return sum(t == "sparse" for t in types)
-        return layers - int(config.get("first_k_dense_replace", 1))
+        return layers - int(config.get(first_dense, 1))
     step = int(config.get("decoder_sparse_step", 1))
     only = set(config.get("mlp_only_layers") or [])
     return sum(1 for i in range(layers) if i not in only and (i + 1) % step == 0)
@@ -147,7 +140,7 @@ def plan_conversion(
 
     config = _read_config(src)
     model_type = config.get("model_type")
-    if model_type in ZEDA_MODEL_TYPES:
+    if is_zeda_config(config):
         raise ConversionError(f"--src {src} is already a ZEDA checkpoint (model_type {model_type})")
     num_real = _num_routed_experts(config)
     if num_real <= 0:
@@ -155,10 +148,10 @@ def plan_conversion(
             f"--src {src}: model_type {model_type!r} is not a Mixture-of-Experts model "
             f"(config has none of {list(_EXPERT_COUNT_KEYS)})"
         )
-    if model_type not in SUPPORTED_FAMILIES:
+    if model_type not in FAMILIES:
         raise ConversionError(
             f"--src {src}: unsupported MoE architecture {model_type!r} "
-            f"(supported: {sorted(SUPPORTED_FAMILIES)})"
+            f"(supported: {sorted(FAMILIES)})"
         )
     num_zero = num_real // 2 if num_zero_experts is None else int(num_zero_experts)
     if num_zero < 1:
@@ -238,10 +231,10 @@ def grow_correction_bias(
 
 def _zeda_config(plan: ConversionPlan, seed: int) -> dict[str, Any]:
     config = dict(plan.config)
-    model_type, architecture = SUPPORTED_FAMILIES[plan.family]
+    family = get_family(plan.family)
     config.update(
-        model_type=model_type,
-        architectures=[architecture],
+        model_type=family.zeda_model_type,
+        architectures=[family.zeda_architecture],
         num_zero_experts=plan.num_zero,
         zero_expert_type=plan.zero_expert_type,
         mask_zero_experts=False,

@@ -7,13 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from zeda_rl.config import (
-    MODEL_FAMILIES,
-    TRAINER_BACKENDS,
-    WEIGHT_SYNC_METHODS,
-    RunConfig,
-    active_mix,
-)
+from zeda_rl.config import RunConfig, active_mix
 
 LOCAL_SOURCES = ("teacher", "random")
 
@@ -50,14 +44,12 @@ def validate(cfg: RunConfig) -> None:
     from zeda_rl.teacher.presets import PRESETS
 
     m = cfg.model
-    if m.family not in MODEL_FAMILIES:
-        _fail(f"model.family={m.family!r}: choose one of {MODEL_FAMILIES}")
     if m.architecture is not None and m.architecture not in ARCHITECTURES:
         _fail(f"model.architecture={m.architecture!r}: one of {sorted(ARCHITECTURES)} or null")
     if m.architecture is not None and ARCHITECTURES[m.architecture].family != m.family:
         _fail(
             f"model.architecture={m.architecture!r} is a "
-            f"{ARCHITECTURES[m.architecture].family} model, but model.family={m.family!r}"
+            f"{ARCHITECTURES[m.architecture].family} model, but model.family='{m.family}'"
         )
     planning_only = cfg.dry_run and not m.source and m.architecture is not None
     if not planning_only and (
@@ -68,14 +60,8 @@ def validate(cfg: RunConfig) -> None:
         )
     if m.source == "teacher" and m.teacher_preset not in PRESETS:
         _fail(f"model.teacher_preset={m.teacher_preset!r}: choose one of {sorted(PRESETS)}")
-    if m.zero_expert_type not in ("zero", "copy"):
-        _fail(f"model.zero_expert_type={m.zero_expert_type!r}: 'zero' or 'copy'")
     if m.num_zero_experts is not None and m.num_zero_experts < 1:
         _fail(f"model.num_zero_experts={m.num_zero_experts} must be >= 1")
-    if cfg.eval.suite not in ("tiny", "full", "benchmarks"):
-        _fail(f"eval.suite={cfg.eval.suite!r}: 'tiny', 'full' or 'benchmarks'")
-    if cfg.eval.backend not in ("vllm", "hf"):
-        _fail(f"eval.backend={cfg.eval.backend!r}: 'vllm' or 'hf'")
     for name in ("top_p_baselines", "frontier_top_p"):
         values = list(getattr(cfg.eval, name))
         if bad_p := [p for p in values if not 0 < p <= 1]:
@@ -117,8 +103,6 @@ def validate(cfg: RunConfig) -> None:
         )
     if r.temperature <= 0:
         _fail(f"rollout.temperature={r.temperature} must be > 0 (on-policy sampling)")
-    if tr.backend not in TRAINER_BACKENDS:
-        _fail(f"trainer.backend={tr.backend!r}: available {TRAINER_BACKENDS}")
     if tr.backend == "megatron":
         if tr.num_workers % tr.expert_parallel:
             _fail(
@@ -135,7 +119,7 @@ def validate(cfg: RunConfig) -> None:
             )
         if m.zero_expert_type != "zero":
             _fail(
-                f"model.zero_expert_type={m.zero_expert_type!r}: the megatron backend "
+                f"model.zero_expert_type='{m.zero_expert_type}': the megatron backend "
                 "implements 'zero' experts (use trainer.backend=torch for 'copy')"
             )
     for name, value in (
@@ -208,8 +192,6 @@ def validate(cfg: RunConfig) -> None:
             f"stage2.prompts_per_step x samples_per_prompt = {per_step} is smaller than the "
             f"rollout ({r.num_workers}) or trainer ({tr.num_workers}) pool"
         )
-    if cfg.stage2.loss not in ("opd", "topk_kl"):
-        _fail(f"stage2.loss={cfg.stage2.loss!r}: 'opd' (the method) or 'topk_kl'")
     if cfg.stage2.loss == "topk_kl" and not 1 <= cfg.stage2.teacher_top_k <= 20:
         _fail(
             f"stage2.teacher_top_k={cfg.stage2.teacher_top_k}: between 1 and 20 (the "
@@ -220,18 +202,12 @@ def validate(cfg: RunConfig) -> None:
             f"weight_sync.check_outlier_share={cfg.weight_sync.check_outlier_share} must be "
             "in [0, 1)"
         )
-    if cfg.stage2.kl_positions not in ("response", "all"):
-        _fail(f"stage2.kl_positions={cfg.stage2.kl_positions!r}: 'response' or 'all'")
     if not 0 <= cfg.stage1.warmup_ratio < 1:
         _fail(f"stage1.warmup_ratio={cfg.stage1.warmup_ratio} must be in [0, 1)")
-    if cfg.logging.wandb_mode not in ("offline", "online", "disabled"):
-        _fail(f"logging.wandb_mode={cfg.logging.wandb_mode!r}: offline | online | disabled")
     if cfg.logging.log_every < 0:
         _fail(f"logging.log_every={cfg.logging.log_every}: a step count >= 0 (0: no lines)")
 
     res = cfg.resources
-    if res.layout not in ("colocated", "separate"):
-        _fail(f"resources.layout={res.layout!r}: 'colocated' or 'separate'")
     cpus = r.num_workers * r.cpus_per_worker + t.cpus + tr.num_workers * tr.cpus_per_worker
     trainer_gpus = tr.num_workers * tr.gpus_per_worker
     engine_gpus = r.num_workers * r.gpus_per_worker + t.gpus
@@ -259,11 +235,9 @@ def validate(cfg: RunConfig) -> None:
         if tp > 1 and per < tp:
             _fail(f"{name}.tensor_parallel_size={tp} needs {tp} GPUs per engine, got {per:g}")
     ws = cfg.weight_sync
-    if ws.method not in WEIGHT_SYNC_METHODS:
-        _fail(f"weight_sync.method={ws.method!r}: {' | '.join(WEIGHT_SYNC_METHODS)}")
     if ws.method in ("nccl", "ipc") and (tr.gpus_per_worker <= 0 or r.gpus_per_worker <= 0):
         _fail(
-            f"weight_sync.method={ws.method!r} moves CUDA tensors: trainer.gpus_per_worker and "
+            f"weight_sync.method='{ws.method}' moves CUDA tensors: trainer.gpus_per_worker and "
             "rollout.gpus_per_worker must be > 0 (on CPU use 'gloo' or 'object_store')"
         )
     if ws.method == "ipc" and (not colocated or res.num_nodes != 1):
@@ -279,19 +253,17 @@ def validate(cfg: RunConfig) -> None:
 
 
 def _validate_kernels(cfg: RunConfig) -> None:
-    from zeda_kernels import EXPERT_BACKENDS, backend_unavailable
+    from zeda_kernels import backend_unavailable
 
     name = cfg.kernels.experts_backend
-    if name != "auto" and name not in EXPERT_BACKENDS:
-        _fail(f"kernels.experts_backend={name!r}: auto | {' | '.join(EXPERT_BACKENDS)}")
     if name in ("auto", "torch"):
         return
     why = backend_unavailable(name, cuda=True)
     if why is not None:
-        _fail(f"kernels.experts_backend={name!r}: {why}")
+        _fail(f"kernels.experts_backend='{name}': {why}")
     if cfg.rollout.gpus_per_worker <= 0 and cfg.trainer.gpus_per_worker <= 0:
         _fail(
-            f"kernels.experts_backend={name!r} runs on CUDA tensors, but neither the rollouts "
+            f"kernels.experts_backend='{name}' runs on CUDA tensors, but neither the rollouts "
             "nor the trainer have GPUs (rollout.gpus_per_worker, trainer.gpus_per_worker); "
             "on CPU the torch reference runs: use 'auto' or 'torch'"
         )

@@ -16,21 +16,32 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
 import torch
 
 from zeda_rl.models.zero_experts import LayerRouting
 
 
+class GalScaling(StrEnum):
+    code = "code"  # the authors' code
+    paper = "paper"  # the paper's formula: divided by K
+
+
+class GalTokens(StrEnum):
+    all = "all"  # the method: every valid token, prompt included
+    # only the positions that generate response tokens, where a served model's skipping is
+    # evaluated (an ablation for short responses)
+    response = "response"
+
+
 @dataclass
 class GroupAuxLossConfig:
     alpha: float = 0.1  # loss coefficient
     zero_expert_weight: float = 2.0  # w: larger means more skipping
-    scaling: str = "code"  # "code" (authors' code) or "paper" (divided by K)
-    # Which positions the statistics count: "all" (the method: every valid token, prompt
-    # included) or "response" (only the positions that generate response tokens, where a
-    # served model's skipping is evaluated; an ablation for short responses).
-    tokens: str = "all"
+    scaling: GalScaling = GalScaling.code
+    # Which positions the statistics count.
+    tokens: GalTokens = GalTokens.all
 
     def __post_init__(self) -> None:
         if self.alpha < 0:
@@ -39,14 +50,15 @@ class GroupAuxLossConfig:
             raise ValueError(
                 f"group_aux_loss.zero_expert_weight must be > 0, got {self.zero_expert_weight}"
             )
-        if self.scaling not in ("code", "paper"):
-            raise ValueError(
-                f"group_aux_loss.scaling must be 'code' or 'paper', got {self.scaling!r}"
-            )
-        if self.tokens not in ("all", "response"):
-            raise ValueError(
-                f"group_aux_loss.tokens must be 'all' or 'response', got {self.tokens!r}"
-            )
+        # Built directly (tests, scripts) with strings: the enums refuse anything else.
+        for name, kind in (("scaling", GalScaling), ("tokens", GalTokens)):
+            value = getattr(self, name)
+            if value not in set(kind):
+                raise ValueError(
+                    f"group_aux_loss.{name} must be one of {[k.value for k in kind]}, "
+                    f"got {value!r}"
+                )
+            setattr(self, name, kind(value))
 
 
 def target_zero_ratio(num_real: int, num_zero: int, zero_expert_weight: float) -> float:

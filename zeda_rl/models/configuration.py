@@ -25,6 +25,7 @@ from typing import Any
 
 from transformers import Glm4MoeLiteConfig, Qwen3MoeConfig
 
+from zeda_rl.families import GLM4_MOE_LITE, QWEN3_MOE
 from zeda_rl.models.zero_experts import ZERO_EXPERT_TYPES
 
 # transformers' GLM-4.7-Flash normalises its q and kv LoRA ranks (q_a_layernorm,
@@ -93,7 +94,7 @@ def _validate_zero_experts(config: Any) -> None:
 class ZedaQwen3MoeConfig(Qwen3MoeConfig):
     """Qwen3-MoE (softmax router) with zero experts."""
 
-    model_type = "zeda_qwen3_moe"
+    model_type = QWEN3_MOE.zeda_model_type
 
     num_zero_experts: int | None = None  # default N // 2
     zero_expert_type: str = "zero"
@@ -119,7 +120,7 @@ class ZedaQwen3MoeConfig(Qwen3MoeConfig):
 class ZedaGlm4MoeLiteConfig(Glm4MoeLiteConfig):
     """GLM-4.7-Flash (sigmoid router, correction bias, shared expert) with zero experts."""
 
-    model_type = "zeda_glm4_moe_lite"
+    model_type = GLM4_MOE_LITE.zeda_model_type
 
     num_zero_experts: int | None = None  # default N // 2
     zero_expert_type: str = "zero"
@@ -151,10 +152,10 @@ class ZedaGlm4MoeLiteConfig(Glm4MoeLiteConfig):
 class Qwen3MoePlusPlusConfig(ZedaQwen3MoeConfig):
     """The ZEDA authors' released format (architectures ``Qwen3MoePlusPlusForCausalLM``)."""
 
-    model_type = "qwen3_moe_plus_plus"
+    model_type = QWEN3_MOE.authors_model_type
 
 
 class Glm4MoeLitePlusPlusConfig(ZedaGlm4MoeLiteConfig):
     """The ZEDA authors' released format (architectures ``Glm4MoeLitePlusPlusForCausalLM``)."""
 
-    model_type = "glm4_moe_lite_plus_plus"
+    model_type = GLM4_MOE_LITE.authors_model_type

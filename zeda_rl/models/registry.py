@@ -17,6 +17,7 @@ from transformers.conversion_mapping import (
     register_checkpoint_conversion_mapping,
 )
 
+from zeda_rl.families import GLM4_MOE_LITE, QWEN3_MOE
 from zeda_rl.models.configuration import (
     Glm4MoeLitePlusPlusConfig,
     Qwen3MoePlusPlusConfig,
@@ -36,20 +37,14 @@ from zeda_rl.models.qwen3_moe import (
 
 # (config class, causal LM class, base model class, family model_type whose weight layout we share)
 _ARCHITECTURES = [
-    (ZedaQwen3MoeConfig, ZedaQwen3MoeForCausalLM, ZedaQwen3MoeModel, "qwen3_moe"),
-    (Qwen3MoePlusPlusConfig, Qwen3MoePlusPlusForCausalLM, None, "qwen3_moe"),
-    (ZedaGlm4MoeLiteConfig, ZedaGlm4MoeLiteForCausalLM, ZedaGlm4MoeLiteModel, "glm4_moe_lite"),
-    (Glm4MoeLitePlusPlusConfig, Glm4MoeLitePlusPlusForCausalLM, None, "glm4_moe_lite"),
+    (ZedaQwen3MoeConfig, ZedaQwen3MoeForCausalLM, ZedaQwen3MoeModel, QWEN3_MOE.name),
+    (Qwen3MoePlusPlusConfig, Qwen3MoePlusPlusForCausalLM, None, QWEN3_MOE.name),
+    (ZedaGlm4MoeLiteConfig, ZedaGlm4MoeLiteForCausalLM, ZedaGlm4MoeLiteModel, GLM4_MOE_LITE.name),
+    (Glm4MoeLitePlusPlusConfig, Glm4MoeLitePlusPlusForCausalLM, None, GLM4_MOE_LITE.name),
 ]
 
-# Base (static) model_type -> ZEDA config class, and architecture name -> config class.
-ZEDA_CONFIG_FOR_BASE = {"qwen3_moe": ZedaQwen3MoeConfig, "glm4_moe_lite": ZedaGlm4MoeLiteConfig}
-ZEDA_ARCHITECTURE_NAMES = {
-    "ZedaQwen3MoeForCausalLM": ZedaQwen3MoeConfig,
-    "Qwen3MoePlusPlusForCausalLM": Qwen3MoePlusPlusConfig,
-    "ZedaGlm4MoeLiteForCausalLM": ZedaGlm4MoeLiteConfig,
-    "Glm4MoeLitePlusPlusForCausalLM": Glm4MoeLitePlusPlusConfig,
-}
+# Architecture name -> config class (the authors' configs may keep the base model_type).
+ZEDA_ARCHITECTURE_NAMES = {lm.__name__: cfg for cfg, lm, *_ in _ARCHITECTURES}
 
 _registered = False
 

@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from transformers import Glm4MoeLiteConfig, Qwen3MoeConfig
 
+from zeda_rl.families import QWEN3_MOE, get_family
+
 
 def tiny_qwen3_moe_config(**overrides: Any) -> Qwen3MoeConfig:
     fields: dict[str, Any] = dict(
@@ -68,12 +70,11 @@ def random_static_model(family: str, seed: int, **overrides: Any) -> torch.nn.Mo
     from transformers import Glm4MoeLiteForCausalLM, Qwen3MoeForCausalLM
 
     torch.manual_seed(seed)
-    if family == "qwen3_moe":
+    family = get_family(family).name
+    if family == QWEN3_MOE.name:
         model = Qwen3MoeForCausalLM(tiny_qwen3_moe_config(**overrides))
-    elif family == "glm4_moe_lite":
-        model = Glm4MoeLiteForCausalLM(tiny_glm4_moe_lite_config(**overrides))
     else:
-        raise ValueError(f"family={family!r}: choose 'qwen3_moe' or 'glm4_moe_lite'")
+        model = Glm4MoeLiteForCausalLM(tiny_glm4_moe_lite_config(**overrides))
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith("mlp.gate.weight"):

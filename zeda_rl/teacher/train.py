@@ -22,9 +22,10 @@ import torch
 from zeda_rl.data.tasks import TASKS, Example, is_correct
 from zeda_rl.data.tokenizer import END, EOS, chat_example, chat_prompt
 from zeda_rl.eval.generation import hf_generate
+from zeda_rl.families import FAMILY_NAMES
 from zeda_rl.teacher.presets import TeacherPreset
 
-FAMILIES = ("qwen3_moe", "glm4_moe_lite")
+FAMILIES = FAMILY_NAMES
 MAX_NEW_TOKENS = {
     "addition": 6,
     "arithmetic": 8,

@@ -8,18 +8,15 @@ converted checkpoint by its architecture name. Model classes are registered lazi
 
 from __future__ import annotations
 
-_MODELS = "zeda_rl.vllm_plugin.models"
+from zeda_rl.families import FAMILIES
 
 # architecture name in config.json -> vLLM model class
 ARCHITECTURES: dict[str, str] = {
-    "ZedaQwen3MoeForCausalLM": f"{_MODELS}:ZedaQwen3MoeForCausalLM",
-    "Qwen3MoePlusPlusForCausalLM": f"{_MODELS}:ZedaQwen3MoeForCausalLM",
-    "ZedaGlm4MoeLiteForCausalLM": f"{_MODELS}:ZedaGlm4MoeLiteForCausalLM",
-    "Glm4MoeLitePlusPlusForCausalLM": f"{_MODELS}:ZedaGlm4MoeLiteForCausalLM",
+    arch: family.vllm_class for family in FAMILIES.values() for arch in family.zeda_architectures
 }
 
 # ZEDA config model_types served with multi-head latent attention (GLM-4.7-Flash's MLA).
-MLA_MODEL_TYPES = ("zeda_glm4_moe_lite", "glm4_moe_lite_plus_plus")
+MLA_MODEL_TYPES = tuple(t for f in FAMILIES.values() if f.mla for t in f.zeda_model_types)
 
 
 def register() -> None:

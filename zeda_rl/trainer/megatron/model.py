@@ -13,12 +13,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from zeda_rl.families import GLM4_MOE_LITE, family_of
 from zeda_rl.models.configuration import GLM_LORA_NORM_EPS
 from zeda_rl.models.zero_experts import RoutingState
 
 
 def is_glm(hf_config) -> bool:
-    return getattr(hf_config, "n_routed_experts", None) is not None
+    """GLM-4.7-Flash's layout: MLA, a shared expert, sigmoid routing with a correction bias."""
+    family = family_of(hf_config)
+    if family is None:
+        raise ValueError(f"model_type {hf_config.model_type!r} is no ZEDA family")
+    return family.name == GLM4_MOE_LITE.name
 
 
 def moe_layer_pattern(hf_config) -> list[int]:
@@ -26,7 +31,8 @@ def moe_layer_pattern(hf_config) -> list[int]:
     types = getattr(hf_config, "mlp_layer_types", None)
     if types is not None:
         return [0 if t == "dense" else 1 for t in types]
-    dense = (getattr(hf_config, "first_k_dense_replace", 0) or 0) if is_glm(hf_config) else 0
+    key = family_of(hf_config).first_dense_key
+    dense = (getattr(hf_config, key, 0) or 0) if key else 0
     return [0 if i < dense else 1 for i in range(hf_config.num_hidden_layers)]
 
 
