@@ -74,11 +74,17 @@ def test_trained_teacher_source_with_evaluation(tmp_path):
     ("overrides", "message"),
     [
         (["+experiment=glm47"], "model.source"),
-        (["+experiment=tiny", "model.family=mixtral"], "model.family=mixtral: expected one of [qwen3_moe, glm4_moe_lite]"),
+        (
+            ["+experiment=tiny", "model.family=mixtral"],
+            "model.family=mixtral: expected one of [qwen3_moe, glm4_moe_lite]",
+        ),
         (["+experiment=tiny", "model.source=/nonexistent"], "model.source='/nonexistent'"),
         (["+experiment=tiny", "group_aux_loss.zero_expert_weight=0"], "zero_expert_weight"),
         (["+experiment=tiny", "model.teacher_preset=huge"], "model.teacher_preset='huge'"),
-        (["+experiment=tiny", "eval.suite=everything"], "eval.suite=everything: expected one of [tiny, full, benchmarks]"),
+        (
+            ["+experiment=tiny", "eval.suite=everything"],
+            "eval.suite=everything: expected one of [tiny, full, benchmarks]",
+        ),
         (["+experiment=tiny", "eval.top_p_baselines=[0.5,1.5]"], "[1.5] not in (0, 1]"),
         (["+experiment=tiny", "eval.frontier_top_p=[0]"], "eval.frontier_top_p=[0.0]"),
         (["+experiment=tiny", "stage2.betas=[0.9,1.0]"], "stage2.betas=[0.9, 1.0]"),
@@ -86,14 +92,20 @@ def test_trained_teacher_source_with_evaluation(tmp_path):
         (["+experiment=tiny", "stage2.loss=kl"], "stage2.loss=kl: expected one of [opd, topk_kl]"),
         (["+experiment=tiny", "eval.frontier_dial=[0]"], "eval.frontier_dial=[0.0]"),
         (["+experiment=tiny", "weight_sync.check_outlier_share=1"], "check_outlier_share=1"),
-        (["+experiment=tiny", "stage2.kl_positions=prompt"], "stage2.kl_positions=prompt: expected one of [response, all]"),
+        (
+            ["+experiment=tiny", "stage2.kl_positions=prompt"],
+            "stage2.kl_positions=prompt: expected one of [response, all]",
+        ),
         (
             ["+experiment=tiny", "stage2.loss=topk_kl", "stage2.teacher_top_k=64"],
             "stage2.teacher_top_k=64",
         ),
         (["+experiment=tiny", "teacher.temperature=0.7"], "teacher.temperature=0.7"),
         (["+experiment=tiny", "trainer.expert_parallel=3"], "trainer.expert_parallel=3"),
-        (["+experiment=tiny", "trainer.backend=deepspeed"], "trainer.backend=deepspeed: expected one of [torch, megatron]"),
+        (
+            ["+experiment=tiny", "trainer.backend=deepspeed"],
+            "trainer.backend=deepspeed: expected one of [torch, megatron]",
+        ),
         (
             ["+experiment=tiny", "trainer.backend=megatron", "trainer.tensor_parallel=2"],
             "trainer.tensor_parallel=2",
@@ -112,10 +124,19 @@ def test_trained_teacher_source_with_evaluation(tmp_path):
         (["+experiment=tiny", "+prompts.mix.poetry=5"], "unknown tasks ['poetry']"),
         (["+experiment=tiny", "trainer.micro_batch_size=0"], "trainer.micro_batch_size=0"),
         (["+experiment=tiny", "stage1.global_batch=1"], "stage1.global_batch=1"),
-        (["+experiment=tiny", "resources.layout=ring"], "resources.layout=ring: expected one of [colocated, separate]"),
-        (["+experiment=tiny", "weight_sync.method=rdma"], "weight_sync.method=rdma: expected one of [object_store, gloo, nccl, ipc]"),
+        (
+            ["+experiment=tiny", "resources.layout=ring"],
+            "resources.layout=ring: expected one of [colocated, separate]",
+        ),
+        (
+            ["+experiment=tiny", "weight_sync.method=rdma"],
+            "weight_sync.method=rdma: expected one of [object_store, gloo, nccl, ipc]",
+        ),
         (["+experiment=tiny", "weight_sync.method=nccl"], "weight_sync.method='nccl'"),
-        (["+experiment=tiny", "kernels.experts_backend=cutlass"], "experts_backend=cutlass: expected one of [auto, torch, triton, te]"),
+        (
+            ["+experiment=tiny", "kernels.experts_backend=cutlass"],
+            "experts_backend=cutlass: expected one of [auto, torch, triton, te]",
+        ),
         (
             ["+experiment=tiny", "kernels.experts_backend=triton"],
             "neither the rollouts nor the trainer have GPUs",

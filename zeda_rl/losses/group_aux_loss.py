@@ -55,8 +55,7 @@ class GroupAuxLossConfig:
             value = getattr(self, name)
             if value not in set(kind):
                 raise ValueError(
-                    f"group_aux_loss.{name} must be one of {[k.value for k in kind]}, "
-                    f"got {value!r}"
+                    f"group_aux_loss.{name} must be one of {[k.value for k in kind]}, got {value!r}"
                 )
             setattr(self, name, kind(value))
 
