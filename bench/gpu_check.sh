@@ -19,7 +19,7 @@
 #   roofline     bench/roofline.py for the same rows (the model, to set beside the figures)
 #
 # Needs python3 with a CUDA torch and triton. The package is not installed: zeda_kernels is
-# made importable from kernels/ through a link in a temporary folder.
+# imported from the repository root.
 set -uo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,9 +31,8 @@ if ! "$PY" -c "import torch, triton, sys; sys.exit(not torch.cuda.is_available()
 fi
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
-mkdir -p "$WORK/site" "$WORK/steps"
-ln -s "$REPO/kernels" "$WORK/site/zeda_kernels"
-export PYTHONPATH="$WORK/site:$REPO${PYTHONPATH:+:$PYTHONPATH}"
+mkdir -p "$WORK/steps"
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline
 cd "$REPO"
 

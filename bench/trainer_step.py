@@ -93,7 +93,7 @@ def run(kind: str, model_dir: str, world: int, args) -> dict:
 
 def default_model(tmp: Path) -> str:
     from zeda_rl.convert import convert
-    from zeda_rl.teacher.cache import ensure_teacher
+    from zeda_rl.pretrain.cache import ensure_teacher
 
     teacher = ensure_teacher("qwen3_moe", "cpu", 0, False)
     convert(teacher, tmp / "student", log=lambda *_: None)

@@ -1,4 +1,4 @@
-"""The ``te`` experts backend (kernels/te_moe.py) on CPU, driven through a torch model of
+"""The ``te`` experts backend (zeda_kernels/te_moe.py) on CPU, driven through a torch model of
 transformer-engine's calls (tests/fake_transformer_engine.py): its control flow against the
 torch reference. TE itself is CUDA-only; tests/test_gpu.py runs the backend on it."""
 

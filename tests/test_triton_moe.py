@@ -1,4 +1,4 @@
-"""The fused Triton MoE kernels (kernels/triton_moe.py) against the torch reference: the
+"""The fused Triton MoE kernels (zeda_kernels/triton_moe.py) against the torch reference: the
 cases in tests/triton_cases.py, on CUDA when there is one, else on CPU through Triton's
 interpreter in a fresh process (the interpreter must be on before triton is first imported,
 and this process has imported it already)."""

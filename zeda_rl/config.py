@@ -38,7 +38,7 @@ Layout = _choices("Layout", ("colocated", "separate"))
 class ModelConfig:
     family: ModelFamily = ModelFamily.qwen3_moe
     # Mandatory ("???"): every experiment names its teacher.
-    #   "teacher": the project's trained small teacher (python -m zeda_rl.teacher), cached;
+    #   "teacher": the project's trained small teacher (python -m zeda_rl.pretrain), cached;
     #   "random":  a random tiny model (plumbing checks only);
     #   otherwise a Hugging Face folder of the teacher.
     source: str = "???"

@@ -42,7 +42,7 @@ def _teacher_dir(cfg: RunConfig, run_dir: Path) -> Path:
     if cfg.model.source == "random":
         return _random_teacher(cfg.model.family, cfg.model.seed, run_dir / "teacher")
     if cfg.model.source == "teacher":
-        from zeda_rl.teacher.cache import ensure_teacher
+        from zeda_rl.pretrain.cache import ensure_teacher
 
         return ensure_teacher(cfg.model.family, cfg.model.teacher_preset, cfg.model.seed)
     return Path(cfg.model.source)

@@ -23,7 +23,7 @@ def _fail(message: str) -> None:
 def model_shape(cfg: RunConfig) -> dict | None:
     """Experts, top-k of the teacher (from its config.json or the teacher preset)."""
     if cfg.model.source == "teacher":
-        from zeda_rl.teacher.presets import PRESETS
+        from zeda_rl.pretrain.presets import PRESETS
 
         preset = PRESETS[cfg.model.teacher_preset].for_family(cfg.model.family)
         return {"experts": preset.num_experts, "top_k": preset.top_k}
@@ -41,7 +41,7 @@ def model_shape(cfg: RunConfig) -> dict | None:
 def validate(cfg: RunConfig) -> None:
     from zeda_rl.data.tasks import TASKS
     from zeda_rl.plan import ARCHITECTURES
-    from zeda_rl.teacher.presets import PRESETS
+    from zeda_rl.pretrain.presets import PRESETS
 
     m = cfg.model
     if m.architecture is not None and m.architecture not in ARCHITECTURES:

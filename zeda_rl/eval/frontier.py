@@ -137,7 +137,7 @@ def evaluate_point(variant: Variant, teacher, teacher_dir: str, items, **kw) -> 
     """A variant's point: baselines (the teacher's routings) through the shared cache under
     ``$ZEDA_CACHE_DIR/frontier_baselines``, ZEDA students evaluated afresh."""
     if variant.method in ("teacher", *BASELINE_METHODS):
-        from zeda_rl.teacher.cache import cache_root
+        from zeda_rl.pretrain.cache import cache_root
 
         cache = cache_root() / "frontier_baselines"
         return evaluate_cached(variant, teacher, teacher_dir, items, cache_dir=cache, **kw)

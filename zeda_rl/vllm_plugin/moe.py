@@ -6,7 +6,7 @@ vLLM's own fused MoE is not used: it has no zero experts, and the ways to fake t
 slot -> expert 0 with weight 0, or raw ids >= N) either compute the skipped slots or read
 out of bounds (docs/design.md). Experts are replicated across tensor-parallel ranks, so
 each rank computes the full MoE output and no all-reduce is needed; expert-parallel serving
-comes with the fused kernels (kernels/, issue #6) behind this same block.
+comes with the fused kernels (zeda_kernels/, issue #6) behind this same block.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from zeda_rl.data.store import ARCHIVES
-from zeda_rl.teacher.presets import PRESETS, TeacherPreset
+from zeda_rl.pretrain.presets import PRESETS, TeacherPreset
 
 # Bump when the training code changes what a recipe produces.
 RECIPE_VERSION = 1
@@ -42,7 +42,7 @@ def ensure_teacher(
     family: str, preset_name: str = "cpu", seed: int = 0, force: bool = False, log=print
 ) -> Path:
     """The folder of a trained teacher, training it first if the cache has none."""
-    from zeda_rl.teacher.train import train_teacher
+    from zeda_rl.pretrain.train import train_teacher
 
     if preset_name not in PRESETS:
         raise ValueError(f"teacher preset {preset_name!r} unknown; choose one of {sorted(PRESETS)}")

@@ -1,8 +1,5 @@
 """zeda_kernels: MoE expert compute that skips zero-expert picks.
 
-Imported as ``zeda_kernels`` (the directory is ``kernels/``; a top-level package named
-``kernels`` would clash with the PyPI package of that name).
-
 Every backend implements :func:`zeda_kernels.moe_dispatch.grouped_experts_forward`'s
 interface: routing picks with ids >= ``num_real_experts`` are zero experts and never reach
 an expert matmul. Backends: ``torch`` (the plain-torch grouped reference, here),

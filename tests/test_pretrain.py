@@ -1,5 +1,5 @@
 """The teacher recipe's plumbing on the seconds-long smoke preset (the real preset's figures
-are measured by `python -m zeda_rl.teacher` and recorded in docs/teacher.md)."""
+are measured by `python -m zeda_rl.pretrain` and recorded in docs/teacher.md)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from zeda_rl.convert import convert
 from zeda_rl.data.tokenizer import chat_prompt
-from zeda_rl.teacher.cache import ensure_teacher, teacher_dir
-from zeda_rl.teacher.presets import PRESETS
-from zeda_rl.teacher.train import train_teacher
+from zeda_rl.pretrain.cache import ensure_teacher, teacher_dir
+from zeda_rl.pretrain.presets import PRESETS
+from zeda_rl.pretrain.train import train_teacher
 
 
 @pytest.fixture(scope="module")

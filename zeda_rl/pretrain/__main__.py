@@ -1,4 +1,4 @@
-"""python -m zeda_rl.teacher [--family qwen3_moe|glm4_moe_lite|all] [--preset cpu] [--seed 0]
+"""python -m zeda_rl.pretrain [--family qwen3_moe|glm4_moe_lite|all] [--preset cpu] [--seed 0]
 
 Trains (or reuses from the cache) the small teacher MoE and prints its report.
 """
@@ -9,9 +9,9 @@ import argparse
 import json
 import sys
 
-from zeda_rl.teacher.cache import ensure_teacher
-from zeda_rl.teacher.presets import PRESETS
-from zeda_rl.teacher.train import FAMILIES
+from zeda_rl.pretrain.cache import ensure_teacher
+from zeda_rl.pretrain.presets import PRESETS
+from zeda_rl.pretrain.train import FAMILIES
 
 
 def summarize(report: dict) -> str:
@@ -34,7 +34,7 @@ def summarize(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m zeda_rl.teacher", description=__doc__.split("\n\n")[0]
+        prog="python -m zeda_rl.pretrain", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--family", default="all", choices=[*FAMILIES, "all"])
     parser.add_argument("--preset", default="cpu", choices=sorted(PRESETS))

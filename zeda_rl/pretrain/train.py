@@ -23,7 +23,7 @@ from zeda_rl.data.tasks import TASKS, Example, is_correct
 from zeda_rl.data.tokenizer import END, EOS, chat_example, chat_prompt
 from zeda_rl.eval.generation import hf_generate
 from zeda_rl.families import FAMILY_NAMES
-from zeda_rl.teacher.presets import TeacherPreset
+from zeda_rl.pretrain.presets import TeacherPreset
 
 FAMILIES = FAMILY_NAMES
 MAX_NEW_TOKENS = {
