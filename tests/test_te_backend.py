@@ -10,10 +10,10 @@ import types
 
 import pytest
 import torch
-from zeda_kernels import backend_unavailable, grouped_experts_forward, moe_dispatch
 
 from tests import fake_transformer_engine
 from tests.conftest import FAMILIES, MOE_CASES, assert_model_matches_reference_on, moe_case
+from zeda_kernels import backend_unavailable, grouped_experts_forward, moe_dispatch
 
 
 @pytest.fixture

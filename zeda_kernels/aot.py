@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+
 from zeda_kernels.gpu_arch import ARCHS, GpuArch
 from zeda_kernels.model_shapes import MOE_SHAPES, MoeShape
 
@@ -240,6 +241,7 @@ def compile_unit(unit: Unit) -> UnitReport:
     from triton import knobs
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
+
     from zeda_kernels import triton_moe
 
     arch = ARCHS[unit.arch]
