@@ -25,7 +25,7 @@ import torch
 from zeda_rl.losses.group_aux_loss import GroupAuxLossConfig
 from zeda_rl.trainer.batch import Sample
 from zeda_rl.trainer.distributed import local_init_method
-from zeda_rl.trainer.interface import OptimConfig
+from zeda_rl.trainer.interface import OptimConfig, RankSpec
 from zeda_rl.trainer.registry import make_backend
 
 
@@ -45,14 +45,16 @@ def rank_main(kind, model_dir, rank, world, init, args, out_path):
     backend = make_backend(
         kind,
         model_dir,
-        rank=rank,
-        world_size=world,
-        init_method=init,
-        optim=OptimConfig(lr=1e-5, micro_batch_size=8),
-        gal=GroupAuxLossConfig(),
-        temperature=1.0,
-        routing_replay=False,
-        parallel={"expert_parallel": world} if kind == "megatron" else None,
+        RankSpec(
+            rank=rank,
+            world_size=world,
+            init_method=init,
+            optim=OptimConfig(lr=1e-5, micro_batch_size=8),
+            gal=GroupAuxLossConfig(),
+            temperature=1.0,
+            routing_replay=False,
+        ),
+        {"expert_parallel": world} if kind == "megatron" else None,
     )
     vocab = json.loads((Path(model_dir) / "config.json").read_text())["vocab_size"]
     data = samples(args.samples, vocab)

@@ -14,7 +14,7 @@ from tests.conftest import FAMILIES, build_static_model, spawn_ranks, tiny_sampl
 from zeda_rl.convert import convert
 from zeda_rl.losses.group_aux_loss import GroupAuxLossConfig, group_aux_loss
 from zeda_rl.trainer.distributed import local_init_method
-from zeda_rl.trainer.interface import OptimConfig
+from zeda_rl.trainer.interface import OptimConfig, RankSpec
 from zeda_rl.trainer.registry import make_backend
 
 # Logit agreement on the same weights (fp32): the same math in a slightly different order;
@@ -221,14 +221,16 @@ def _rank_main(rank, world, init, kind, zeda_dir, out_path):
     backend = make_backend(
         kind,
         str(zeda_dir),
-        rank=rank,
-        world_size=world,
-        init_method=init,
-        optim=OptimConfig(lr=1e-3, micro_batch_size=2),
-        gal=GroupAuxLossConfig(),
-        temperature=1.0,
-        routing_replay=False,
-        parallel={"expert_parallel": world} if kind == "megatron" else None,
+        RankSpec(
+            rank=rank,
+            world_size=world,
+            init_method=init,
+            optim=OptimConfig(lr=1e-3, micro_batch_size=2),
+            gal=GroupAuxLossConfig(),
+            temperature=1.0,
+            routing_replay=False,
+        ),
+        {"expert_parallel": world} if kind == "megatron" else None,
     )
     samples = tiny_samples(8)
     tokens = sum(len(s.response_ids) for s in samples)

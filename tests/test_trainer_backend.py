@@ -12,7 +12,7 @@ from tests.conftest import build_static_model, spawn_ranks, tiny_samples
 from zeda_rl.convert import convert
 from zeda_rl.losses.group_aux_loss import GroupAuxLossConfig
 from zeda_rl.trainer.distributed import local_init_method
-from zeda_rl.trainer.interface import OptimConfig
+from zeda_rl.trainer.interface import OptimConfig, RankSpec
 from zeda_rl.trainer.torch_backend import TorchBackend
 
 
@@ -27,13 +27,15 @@ def zeda_dir(tmp_path_factory) -> Path:
 def _backend(zeda_dir, rank=0, world=1, init=None, replay=False) -> TorchBackend:
     return TorchBackend(
         str(zeda_dir),
-        rank=rank,
-        world_size=world,
-        init_method=init or local_init_method(),
-        optim=OptimConfig(lr=1e-3, micro_batch_size=2),
-        gal=GroupAuxLossConfig(),
-        temperature=1.0,
-        routing_replay=replay,
+        RankSpec(
+            rank=rank,
+            world_size=world,
+            init_method=init or local_init_method(),
+            optim=OptimConfig(lr=1e-3, micro_batch_size=2),
+            gal=GroupAuxLossConfig(),
+            temperature=1.0,
+            routing_replay=replay,
+        ),
     )
 
 

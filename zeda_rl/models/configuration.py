@@ -21,11 +21,12 @@ zero_expert_bias      -                  the compute dial: added to the zero exp
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from transformers import Glm4MoeLiteConfig, Qwen3MoeConfig
 
-from zeda_rl.families import GLM4_MOE_LITE, QWEN3_MOE
+from zeda_rl.families import GLM4_MOE_LITE, QWEN3_MOE, Family
 from zeda_rl.models.zero_experts import ZERO_EXPERT_TYPES
 
 # transformers' GLM-4.7-Flash normalises its q and kv LoRA ranks (q_a_layernorm,
@@ -91,10 +92,10 @@ def _validate_zero_experts(config: Any) -> None:
         )
 
 
-class ZedaQwen3MoeConfig(Qwen3MoeConfig):
-    """Qwen3-MoE (softmax router) with zero experts."""
-
-    model_type = QWEN3_MOE.zeda_model_type
+@dataclass
+class ZedaExpertFields:
+    """The zero-expert fields every ZEDA config adds to its family's (the table above), and
+    what the routers read from them. A dataclass, so transformers keeps them as fields."""
 
     num_zero_experts: int | None = None  # default N // 2
     zero_expert_type: str = "zero"
@@ -102,6 +103,7 @@ class ZedaQwen3MoeConfig(Qwen3MoeConfig):
     routing_top_p: float | None = None
     routing_top_k: int | None = None
     zero_expert_bias: float = 0.0
+    family: ClassVar[Family]
 
     def __post_init__(self, **kwargs):
         _take_author_aliases(self, kwargs)
@@ -110,43 +112,34 @@ class ZedaQwen3MoeConfig(Qwen3MoeConfig):
 
     @property
     def num_routed_experts(self) -> int:
-        return self.num_experts
+        return getattr(self, self.family.expert_count_key)
 
     @property
     def num_router_experts(self) -> int:
-        return self.num_experts + self.num_zero_experts
+        return self.num_routed_experts + self.num_zero_experts
 
 
-class ZedaGlm4MoeLiteConfig(Glm4MoeLiteConfig):
+class ZedaQwen3MoeConfig(ZedaExpertFields, Qwen3MoeConfig):
+    """Qwen3-MoE (softmax router) with zero experts."""
+
+    model_type = QWEN3_MOE.zeda_model_type
+    family = QWEN3_MOE
+
+
+class ZedaGlm4MoeLiteConfig(ZedaExpertFields, Glm4MoeLiteConfig):
     """GLM-4.7-Flash (sigmoid router, correction bias, shared expert) with zero experts."""
 
     model_type = GLM4_MOE_LITE.zeda_model_type
-
-    num_zero_experts: int | None = None  # default N // 2
-    zero_expert_type: str = "zero"
-    mask_zero_experts: bool = False
-    routing_top_p: float | None = None
-    routing_top_k: int | None = None
-    zero_expert_bias: float = 0.0
+    family = GLM4_MOE_LITE
 
     def __post_init__(self, **kwargs):
-        _take_author_aliases(self, kwargs)
         super().__post_init__(**kwargs)
-        _validate_zero_experts(self)
         if self.n_group != 1 or self.topk_group != 1:
             raise ValueError(
                 f"ZedaGlm4MoeLiteConfig: n_group={self.n_group}, topk_group={self.topk_group}; "
                 "zero experts are defined for ungrouped routing (n_group = topk_group = 1, as in "
                 "GLM-4.7-Flash)"
             )
-
-    @property
-    def num_routed_experts(self) -> int:
-        return self.n_routed_experts
-
-    @property
-    def num_router_experts(self) -> int:
-        return self.n_routed_experts + self.num_zero_experts
 
 
 class Qwen3MoePlusPlusConfig(ZedaQwen3MoeConfig):

@@ -115,6 +115,7 @@ class Pools:
 
     def _trainer_factory(self, first_bundle: int, init_method: str):
         from zeda_rl.pools.trainer import TrainerWorker
+        from zeda_rl.trainer.interface import RankSpec
 
         cfg, tr = self.cfg, self.cfg.trainer
 
@@ -128,15 +129,17 @@ class Pools:
             ).remote(
                 str(self.student_dir),
                 backend=tr.backend,
-                rank=rank,
-                world_size=tr.num_workers,
-                init_method=init_method,
-                optim=_optim(cfg, stage=1 if cfg.stage1.enabled else 2),
-                gal=cfg.group_aux_loss,
-                temperature=cfg.rollout.temperature,
-                routing_replay=cfg.rollout.routing_replay,
-                ppo_clip=cfg.stage2.ppo_clip,
-                seed=cfg.seed,
+                spec=RankSpec(
+                    rank=rank,
+                    world_size=tr.num_workers,
+                    init_method=init_method,
+                    optim=_optim(cfg, stage=1 if cfg.stage1.enabled else 2),
+                    gal=cfg.group_aux_loss,
+                    temperature=cfg.rollout.temperature,
+                    routing_replay=cfg.rollout.routing_replay,
+                    ppo_clip=cfg.stage2.ppo_clip,
+                    seed=cfg.seed,
+                ),
                 threads=max(1, int(tr.cpus_per_worker)),
                 parallel=_parallel(cfg),
             )

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from zeda_rl.losses.group_aux_loss import GroupAuxLossConfig
 from zeda_rl.trainer.batch import Sample
-from zeda_rl.trainer.interface import OptimConfig
+from zeda_rl.trainer.interface import RankSpec
 from zeda_rl.trainer.registry import make_backend
 
 
@@ -16,15 +15,7 @@ class TrainerWorker:
         model_dir: str,
         *,
         backend: str,
-        rank: int,
-        world_size: int,
-        init_method: str,
-        optim: OptimConfig,
-        gal: GroupAuxLossConfig,
-        temperature: float,
-        routing_replay: bool,
-        ppo_clip: float,
-        seed: int,
+        spec: RankSpec,
         threads: int = 1,
         parallel: dict[str, int] | None = None,
     ):
@@ -33,24 +24,10 @@ class TrainerWorker:
         # Ray does not cap intra-op threads for fractional CPUs: ranks sharing cores would
         # oversubscribe them (measured: 10x slower steps with 2 ranks on 2 cores).
         torch.set_num_threads(threads)
-        self.rank = rank
-        self.transfer = (
-            None  # this rank's end of vLLM's weight transfer (weight_sync/vllm_transfer.py)
-        )
-        self.backend = make_backend(
-            backend,
-            model_dir,
-            rank=rank,
-            world_size=world_size,
-            init_method=init_method,
-            optim=optim,
-            gal=gal,
-            temperature=temperature,
-            routing_replay=routing_replay,
-            ppo_clip=ppo_clip,
-            seed=seed,
-            parallel=parallel,
-        )
+        self.rank = spec.rank
+        # This rank's end of vLLM's weight transfer (weight_sync/vllm_transfer.py).
+        self.transfer = None
+        self.backend = make_backend(backend, model_dir, spec, parallel)
 
     def ready(self) -> int:
         import os

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     import torch
 
+    from zeda_rl.losses.group_aux_loss import GroupAuxLossConfig
     from zeda_rl.trainer.batch import Sample
 
 
@@ -27,6 +28,21 @@ class OptimConfig:
     # Adam's fp32 master weights and moments in CPU memory, stepped there and copied back
     # (ZeRO-Offload's idea, as the ZEDA authors ran; trainer.optimizer_offload).
     offload: bool = False
+
+
+@dataclass
+class RankSpec:
+    """What every backend's rank is built with (its model-parallel sizes aside)."""
+
+    rank: int
+    world_size: int
+    init_method: str  # the default process group's rendezvous (distributed.py)
+    optim: OptimConfig
+    gal: GroupAuxLossConfig
+    temperature: float = 1.0  # of the rollouts: logprobs are taken at it
+    routing_replay: bool = True  # R3: on-policy steps replay the rollouts' expert ids
+    ppo_clip: float = 0.2  # the opd objective's clip
+    seed: int = 0
 
 
 class TrainerBackend(Protocol):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from importlib import import_module
 
-from zeda_rl.trainer.interface import TrainerBackend
+from zeda_rl.trainer.interface import RankSpec, TrainerBackend
 
 # name -> "module:class"; a backend's parallel sizes are its own constructor arguments.
 BACKENDS: dict[str, str] = {
@@ -29,9 +29,8 @@ def backend_class(name: str) -> Callable[..., TrainerBackend]:
 
 
 def make_backend(
-    kind: str, model_dir: str, *, parallel: dict[str, int] | None = None, **common
+    kind: str, model_dir: str, spec: RankSpec, parallel: dict[str, int] | None = None
 ) -> TrainerBackend:
-    """The backend ``kind`` on ``model_dir``; ``common`` are the arguments every backend
-    takes (rank, world_size, init_method, optim, gal, ...), ``parallel`` its model-parallel
-    sizes (megatron: expert_parallel, tensor_parallel, pipeline_parallel)."""
-    return backend_class(kind)(model_dir, **common, **(parallel or {}))
+    """The backend ``kind`` on ``model_dir`` for the rank ``spec``; ``parallel``: its
+    model-parallel sizes (megatron: expert_parallel, tensor_parallel, pipeline_parallel)."""
+    return backend_class(kind)(model_dir, spec, **(parallel or {}))

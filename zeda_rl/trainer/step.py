@@ -19,6 +19,7 @@ from zeda_rl.losses.logprobs import token_logprobs
 from zeda_rl.losses.objective import Objective, get_objective
 from zeda_rl.trainer.batch import Batch, Sample, collate, pad_batch
 from zeda_rl.trainer.distributed import rank_device
+from zeda_rl.trainer.interface import RankSpec
 
 MAX_LOCKSTEP_BATCHES = 256  # micro-batches per rank and step a lockstep backend can align
 
@@ -36,14 +37,21 @@ class StepBackend:
 
     lockstep = False
 
-    def _setup(self, *, rank, world_size, optim, gal, temperature, routing_replay, ppo_clip):
-        self.device = rank_device(rank)
-        self.rank, self.world_size = rank, world_size
-        self.optim, self.gal, self.temperature = optim, gal, temperature
-        self.routing_replay = routing_replay
-        self._objective_options = {"opd": {"clip": ppo_clip}}
+    def _setup(self, spec: RankSpec) -> None:
+        self.device = rank_device(spec.rank)
+        self.rank, self.world_size = spec.rank, spec.world_size
+        self.optim, self.gal, self.temperature = spec.optim, spec.gal, spec.temperature
+        self.routing_replay = spec.routing_replay
+        self._objective_options = {"opd": {"clip": spec.ppo_clip}}
         self._objectives: dict[str, Objective] = {}
         self.step = 0
+        torch.manual_seed(spec.seed + spec.rank)
+
+    def _read_model_config(self, config) -> None:
+        """The routing facts the step needs, from the ZEDA config."""
+        self.num_real, self.num_zero = config.num_routed_experts, config.num_zero_experts
+        self.top_k = config.num_experts_per_tok
+        self.pad_id = config.pad_token_id if config.pad_token_id is not None else 0
 
     def objective(self, name: str) -> Objective:
         if name not in self._objectives:

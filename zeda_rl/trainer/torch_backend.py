@@ -9,48 +9,22 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from zeda_rl.losses.group_aux_loss import GroupAuxLossConfig
 from zeda_rl.trainer.batch import Batch
 from zeda_rl.trainer.distributed import destroy_process_group, init_process_group
-from zeda_rl.trainer.interface import OptimConfig
+from zeda_rl.trainer.interface import RankSpec
 from zeda_rl.trainer.step import StepBackend
 
 
 class TorchBackend(StepBackend):
     """The transformers ZEDA model, data-parallel over torch.distributed."""
 
-    def __init__(
-        self,
-        model_dir: str,
-        *,
-        rank: int,
-        world_size: int,
-        init_method: str,
-        optim: OptimConfig,
-        gal: GroupAuxLossConfig,
-        temperature: float,
-        routing_replay: bool,
-        ppo_clip: float = 0.2,
-        seed: int = 0,
-    ):
+    def __init__(self, model_dir: str, spec: RankSpec):
         from zeda_rl.models.registry import load_zeda_model
 
-        init_process_group(rank=rank, world_size=world_size, init_method=init_method)
-        self._setup(
-            rank=rank,
-            world_size=world_size,
-            optim=optim,
-            gal=gal,
-            temperature=temperature,
-            routing_replay=routing_replay,
-            ppo_clip=ppo_clip,
-        )
-        torch.manual_seed(seed + rank)
+        init_process_group(rank=spec.rank, world_size=spec.world_size, init_method=spec.init_method)
+        self._setup(spec)
         self.model = load_zeda_model(model_dir, dtype=torch.float32).to(self.device).train()
-        config = self.model.config
-        self.num_real, self.num_zero = config.num_routed_experts, config.num_zero_experts
-        self.top_k = config.num_experts_per_tok
-        self.pad_id = config.pad_token_id if config.pad_token_id is not None else 0
+        self._read_model_config(self.model.config)
         self.moe_layers = self._moe_layers()
         self.optimizer = self._make_optimizer(
             [p for p in self.model.parameters() if p.requires_grad]

@@ -25,11 +25,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from zeda_rl.losses.group_aux_loss import GroupAuxLossConfig
 from zeda_rl.models.zero_experts import RoutingState
 from zeda_rl.trainer.batch import Batch
 from zeda_rl.trainer.distributed import destroy_process_group, init_process_group
-from zeda_rl.trainer.interface import OptimConfig
+from zeda_rl.trainer.interface import RankSpec
 from zeda_rl.trainer.step import StepBackend
 
 
@@ -95,16 +94,8 @@ class MegatronBackend(StepBackend):
     def __init__(
         self,
         model_dir: str,
+        spec: RankSpec,
         *,
-        rank: int,
-        world_size: int,
-        init_method: str,
-        optim: OptimConfig,
-        gal: GroupAuxLossConfig,
-        temperature: float,
-        routing_replay: bool,
-        ppo_clip: float = 0.2,
-        seed: int = 0,
         expert_parallel: int = 1,
         tensor_parallel: int = 1,
         pipeline_parallel: int = 1,
@@ -127,20 +118,12 @@ class MegatronBackend(StepBackend):
             raise ValueError(f"{model_dir} is not a ZEDA checkpoint (convert it first)")
         self.model_dir = Path(model_dir)
         init_model_parallel(
-            rank=rank,
-            world_size=world_size,
-            init_method=init_method,
+            rank=spec.rank,
+            world_size=spec.world_size,
+            init_method=spec.init_method,
             expert_parallel=expert_parallel,
         )
-        self._setup(
-            rank=rank,
-            world_size=world_size,
-            optim=optim,
-            gal=gal,
-            temperature=temperature,
-            routing_replay=routing_replay,
-            ppo_clip=ppo_clip,
-        )
+        self._setup(spec)
         from megatron.core import parallel_state
 
         from zeda_rl.trainer.megatron.model import build_gpt_model, moe_layer_pattern
@@ -150,7 +133,6 @@ class MegatronBackend(StepBackend):
             is_expert_of,
         )
 
-        torch.manual_seed(seed + rank)
         config = self.hf_config
         self.ep_size = expert_parallel
         self.ep_rank = parallel_state.get_expert_model_parallel_rank()
@@ -168,9 +150,7 @@ class MegatronBackend(StepBackend):
                 f"unexpected {unexpected[:5]}"
             )
         self.local_experts = list(mine)
-        self.num_real, self.num_zero = config.num_routed_experts, config.num_zero_experts
-        self.top_k = config.num_experts_per_tok
-        self.pad_id = config.pad_token_id if config.pad_token_id is not None else 0
+        self._read_model_config(config)
         self.moe_layers = [i for i, moe in enumerate(moe_layer_pattern(config)) if moe]
         # The correction bias is a buffer (frozen); everything else trains.
         self.optimizer = self._make_optimizer(list(self.model.parameters()))
