@@ -67,7 +67,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Callable
 
-from zeda_rl.eval.instructions import _loose_variants, count_words
+from zeda_rl.eval.instructions import check_instructions, count_words
 
 _PUNCT = string.punctuation
 _PUNCT_SPACE = _PUNCT + " "
@@ -959,13 +959,12 @@ def check_ifbench(
     prompt: str | None = None,
 ) -> list[bool]:
     """Per instruction: followed or not. Unknown ids raise (the benchmark must be fully covered)."""
-    results = []
-    for instruction, args in zip(instruction_ids, kwargs, strict=True):
-        if instruction not in CHECKS:
-            raise KeyError(f"no checker for instruction {instruction!r}")
-        args = {k: v for k, v in (args or {}).items() if v is not None}
-        if instruction in TAKES_PROMPT:
-            args["prompt"] = prompt
-        candidates = _loose_variants(response) if loose else [response]
-        results.append(any(c.strip() and CHECKS[instruction](c, **args) for c in candidates))
-    return results
+    return check_instructions(
+        response,
+        instruction_ids,
+        kwargs,
+        loose,
+        checks=CHECKS,
+        prompt=prompt,
+        takes_prompt=TAKES_PROMPT,
+    )

@@ -221,14 +221,26 @@ def _loose_variants(response: str) -> list[str]:
 
 
 def check_instructions(
-    response: str, instruction_ids: list[str], kwargs: list[dict], loose: bool = False
+    response: str,
+    instruction_ids: list[str],
+    kwargs: list[dict],
+    loose: bool = False,
+    *,
+    checks: dict[str, Callable[..., bool]] | None = None,
+    prompt: str | None = None,
+    takes_prompt: frozenset[str] = frozenset(),
 ) -> list[bool]:
-    """Per instruction: followed or not. Unknown ids raise (the benchmark must be fully covered)."""
+    """Per instruction: followed or not. Unknown ids raise (the benchmark must be fully
+    covered). ``checks``: the benchmark's checkers (default IFEval's); the ones in
+    ``takes_prompt`` also get the ``prompt``."""
+    checks = CHECKS if checks is None else checks
     results = []
     for instruction, args in zip(instruction_ids, kwargs, strict=True):
-        if instruction not in CHECKS:
+        if instruction not in checks:
             raise KeyError(f"no checker for instruction {instruction!r}")
         args = {k: v for k, v in (args or {}).items() if v is not None}
+        if instruction in takes_prompt:
+            args["prompt"] = prompt
         candidates = _loose_variants(response) if loose else [response]
-        results.append(any(c.strip() and CHECKS[instruction](c, **args) for c in candidates))
+        results.append(any(c.strip() and checks[instruction](c, **args) for c in candidates))
     return results

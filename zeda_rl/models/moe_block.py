@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers.activations import ACT2FN
-from zeda_kernels import grouped_experts_forward, opaque_grouped_experts
 
+from zeda_kernels import grouped_experts_forward, opaque_grouped_experts
 from zeda_rl.models.top_p import static_top_k_prune, top_p_prune
 from zeda_rl.models.zero_experts import (
     RouterDecision,
@@ -70,8 +70,7 @@ def route_by_config(
 def routed_output(
     hidden: torch.Tensor,
     decision: RouterDecision,
-    gate_up_proj: torch.Tensor,
-    down_proj: torch.Tensor,
+    experts: nn.Module,
     *,
     num_real: int,
     activation,
@@ -79,13 +78,21 @@ def routed_output(
     opaque: bool = False,
 ) -> torch.Tensor:
     """The routed experts' weighted output for one routing decision (shared with the vLLM
-    plugin): real picks through the grouped dispatch, zero picks skipped. ``opaque`` runs
-    the (SiLU) experts as one custom op that graph compilers do not trace (vLLM)."""
-    experts = (hidden, decision.topk_ids, decision.topk_weights, gate_up_proj, down_proj)
+    plugin): real picks through the grouped dispatch, zero picks skipped. ``experts`` holds
+    the real experts' ``gate_up_proj`` and ``down_proj`` (3D, transformers' layout).
+    ``opaque`` runs the (SiLU) experts as one custom op that graph compilers do not trace
+    (vLLM)."""
+    args = (
+        hidden,
+        decision.topk_ids,
+        decision.topk_weights,
+        experts.gate_up_proj,
+        experts.down_proj,
+    )
     if opaque:
-        out = opaque_grouped_experts(*experts, num_real)
+        out = opaque_grouped_experts(*args, num_real)
     else:
-        out = grouped_experts_forward(*experts, num_real_experts=num_real, activation=activation)
+        out = grouped_experts_forward(*args, num_real_experts=num_real, activation=activation)
     if zero_expert_type == "copy":
         # MoE++ copy experts return their input: add weight * x, still no matmul.
         copy_weight = (decision.topk_weights * (decision.topk_ids >= num_real)).sum(-1)
@@ -162,8 +169,7 @@ class ZedaMoeBlock(nn.Module):
         out = routed_output(
             hidden,
             decision,
-            self.experts.gate_up_proj,
-            self.experts.down_proj,
+            self.experts,
             num_real=self.num_real,
             activation=self.experts.act_fn,
             zero_expert_type=self.zero_expert_type,

@@ -18,29 +18,31 @@ from transformers.conversion_mapping import (
 )
 
 from zeda_rl.families import GLM4_MOE_LITE, QWEN3_MOE
-from zeda_rl.models.configuration import (
-    Glm4MoeLitePlusPlusConfig,
-    Qwen3MoePlusPlusConfig,
-    ZedaGlm4MoeLiteConfig,
-    ZedaQwen3MoeConfig,
-)
-from zeda_rl.models.glm4_moe_lite import (
-    Glm4MoeLitePlusPlusForCausalLM,
-    ZedaGlm4MoeLiteForCausalLM,
-    ZedaGlm4MoeLiteModel,
-)
-from zeda_rl.models.qwen3_moe import (
-    Qwen3MoePlusPlusForCausalLM,
-    ZedaQwen3MoeForCausalLM,
-    ZedaQwen3MoeModel,
-)
+from zeda_rl.models import configuration as configs
+from zeda_rl.models import glm4_moe_lite as glm
+from zeda_rl.models import qwen3_moe as qwen3
 
 # (config class, causal LM class, base model class, family model_type whose weight layout we share)
 _ARCHITECTURES = [
-    (ZedaQwen3MoeConfig, ZedaQwen3MoeForCausalLM, ZedaQwen3MoeModel, QWEN3_MOE.name),
-    (Qwen3MoePlusPlusConfig, Qwen3MoePlusPlusForCausalLM, None, QWEN3_MOE.name),
-    (ZedaGlm4MoeLiteConfig, ZedaGlm4MoeLiteForCausalLM, ZedaGlm4MoeLiteModel, GLM4_MOE_LITE.name),
-    (Glm4MoeLitePlusPlusConfig, Glm4MoeLitePlusPlusForCausalLM, None, GLM4_MOE_LITE.name),
+    (
+        configs.ZedaQwen3MoeConfig,
+        qwen3.ZedaQwen3MoeForCausalLM,
+        qwen3.ZedaQwen3MoeModel,
+        QWEN3_MOE.name,
+    ),
+    (configs.Qwen3MoePlusPlusConfig, qwen3.Qwen3MoePlusPlusForCausalLM, None, QWEN3_MOE.name),
+    (
+        configs.ZedaGlm4MoeLiteConfig,
+        glm.ZedaGlm4MoeLiteForCausalLM,
+        glm.ZedaGlm4MoeLiteModel,
+        GLM4_MOE_LITE.name,
+    ),
+    (
+        configs.Glm4MoeLitePlusPlusConfig,
+        glm.Glm4MoeLitePlusPlusForCausalLM,
+        None,
+        GLM4_MOE_LITE.name,
+    ),
 ]
 
 # Architecture name -> config class (the authors' configs may keep the base model_type).

@@ -20,6 +20,18 @@ class Generation:
     routes: np.ndarray | None = None  # [prompt + response - 1, MoE layers, K], zero ids included
 
 
+class EngineWorker:
+    """A Ray actor that owns one vLLM engine (``start_engine``'s options)."""
+
+    def __init__(self, model_dir: str, **engine_options):
+        self.llm = start_engine(model_dir, **engine_options)
+
+    def ready(self) -> int:
+        import os
+
+        return os.getpid()
+
+
 def start_engine(
     model_dir: str,
     *,

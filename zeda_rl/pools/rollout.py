@@ -6,37 +6,26 @@ expert ids of every fed token; it takes new weights from the trainer after each 
 
 from __future__ import annotations
 
-from zeda_rl.pools.engine import Generation, sample, score, start_engine
+from zeda_rl.pools.engine import EngineWorker, Generation, sample, score
 
 
-class RolloutWorker:
+class RolloutWorker(EngineWorker):
     def __init__(
         self,
         model_dir: str,
         *,
-        seed: int,
-        max_model_len: int,
-        kv_cache_gib: int,
-        tensor_parallel_size: int,
         capture_routes: bool,
         weight_transfer_backend: str | None = None,
+        **engine_options,  # seed, max_model_len, kv_cache_gib, tensor_parallel_size
     ):
         self.capture_routes = capture_routes
         self._transfer_joined = False
-        self.llm = start_engine(
+        super().__init__(
             model_dir,
-            seed=seed,
-            max_model_len=max_model_len,
-            kv_cache_gib=kv_cache_gib,
-            tensor_parallel_size=tensor_parallel_size,
             capture_routes=capture_routes,
             weight_transfer_backend=weight_transfer_backend,
+            **engine_options,
         )
-
-    def ready(self) -> int:
-        import os
-
-        return os.getpid()
 
     def generate(
         self,

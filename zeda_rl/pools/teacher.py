@@ -6,34 +6,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from zeda_rl.pools.engine import Generation, sample, score, score_topk, start_engine
+from zeda_rl.pools.engine import EngineWorker, Generation, sample, score, score_topk
 
 
-class TeacherWorker:
-    def __init__(
-        self,
-        model_dir: str,
-        *,
-        seed: int,
-        max_model_len: int,
-        kv_cache_gib: int,
-        tensor_parallel_size: int,
-        temperature: float,
-    ):
+class TeacherWorker(EngineWorker):
+    def __init__(self, model_dir: str, *, temperature: float, **engine_options):
         self.temperature = temperature
-        self.llm = start_engine(
-            model_dir,
-            seed=seed,
-            max_model_len=max_model_len,
-            kv_cache_gib=kv_cache_gib,
-            tensor_parallel_size=tensor_parallel_size,
-            full_vocab_logprobs=temperature != 1.0,
-        )
-
-    def ready(self) -> int:
-        import os
-
-        return os.getpid()
+        # Scores at T != 1 need the whole vocabulary's log-probabilities to renormalise.
+        super().__init__(model_dir, full_vocab_logprobs=temperature != 1.0, **engine_options)
 
     def generate(
         self, prompts: list[list[int]], *, max_tokens: int, stop_token_ids: list[int]

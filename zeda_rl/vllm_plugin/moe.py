@@ -108,8 +108,7 @@ class ZedaVllmMoe(nn.Module):
         out = routed_output(
             hidden,
             decision,
-            self.experts.gate_up_proj,
-            self.experts.down_proj,
+            self.experts,
             num_real=self.num_real,
             activation=F.silu,
             zero_expert_type=self.config.zero_expert_type,
