@@ -162,6 +162,27 @@ def combine_real_rows(
 
 
 @triton.jit
+def _expert_block(block_expert_ptr, sorted_ptr, num_slots, BLOCK_M: tl.constexpr):
+    """This program's block of sorted positions: its expert, the positions, which of them
+    hold a real slot, and the slots (0 where none)."""
+    pid_m = tl.program_id(0)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    slots = tl.load(sorted_ptr + rows)
+    valid = slots < num_slots
+    return tl.load(block_expert_ptr + pid_m), rows, valid, tl.where(valid, slots, 0)
+
+
+@triton.jit
+def _mma(acc, a, b, IEEE: tl.constexpr):
+    """``acc + a @ b``; IEEE: exact fp32 products (fp32 inputs), else the default (TF32)."""
+    if IEEE:
+        acc += tl.dot(a, b, input_precision="ieee")
+    else:
+        acc += tl.dot(a, b)
+    return acc
+
+
+@triton.jit
 def _gate_up_kernel(
     x_ptr,
     w_ptr,
@@ -183,14 +204,12 @@ def _gate_up_kernel(
     IEEE: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    expert = tl.load(block_expert_ptr + pid_m)
+    expert, rows, valid, safe_slots = _expert_block(
+        block_expert_ptr, sorted_ptr, num_slots, BLOCK_M
+    )
     if expert >= num_real:
         return
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    slots = tl.load(sorted_ptr + rows)
-    valid = slots < num_slots
-    tokens = tl.where(valid, slots // top_k, 0)
+    tokens = safe_slots // top_k
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < inter
     acc_gate = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -211,12 +230,8 @@ def _gate_up_kernel(
         )
         if UPCAST:
             a, w_gate, w_up = a.to(tl.float32), w_gate.to(tl.float32), w_up.to(tl.float32)
-        if IEEE:
-            acc_gate += tl.dot(a, w_gate, input_precision="ieee")
-            acc_up += tl.dot(a, w_up, input_precision="ieee")
-        else:
-            acc_gate += tl.dot(a, w_gate)
-            acc_up += tl.dot(a, w_up)
+        acc_gate = _mma(acc_gate, a, w_gate, IEEE)
+        acc_up = _mma(acc_up, a, w_up, IEEE)
     act = acc_gate * tl.sigmoid(acc_gate) * acc_up
     tl.store(
         act_ptr + rows[:, None].to(tl.int64) * stride_ap + cols[None, :],
@@ -257,14 +272,11 @@ def _rows_times_expert_kernel(
     added into the slot's token row (fp32, order not fixed). The forward's down projection
     (``act W_d^T``, scaled) and the backward's input gradient (``[dg, du] W_gu``) are this
     kernel."""
-    pid_m = tl.program_id(0)
-    expert = tl.load(block_expert_ptr + pid_m)
+    expert, rows, valid, safe_slots = _expert_block(
+        block_expert_ptr, sorted_ptr, num_slots, BLOCK_M
+    )
     if expert >= num_real:
         return
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    slots = tl.load(sorted_ptr + rows)
-    valid = slots < num_slots
-    safe_slots = tl.where(valid, slots, 0)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < n_cols
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -285,10 +297,7 @@ def _rows_times_expert_kernel(
         if UPCAST:
             a = a.to(tl.float32)
         w = w.to(a.dtype)  # fp32 rows (gradients) meet 16-bit weights in fp32
-        if IEEE:
-            acc += tl.dot(a, w, input_precision="ieee")
-        else:
-            acc += tl.dot(a, w)
+        acc = _mma(acc, a, w, IEEE)
     if SCALE:
         gate_weight = tl.load(weights_ptr + safe_slots, mask=valid, other=0.0)
         acc = acc * gate_weight.to(tl.float32)[:, None]
@@ -334,15 +343,12 @@ def _bwd_rows_kernel(
 ):
     """Per block of one expert and an I tile: recompute g, u; d_act = dO W_d; the routing
     weight's gradient (one partial per I tile); dg, du; and w * act for dW_d."""
-    pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    expert = tl.load(block_expert_ptr + pid_m)
+    expert, rows, valid, safe_slots = _expert_block(
+        block_expert_ptr, sorted_ptr, num_slots, BLOCK_M
+    )
     if expert >= num_real:
         return
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    slots = tl.load(sorted_ptr + rows)
-    valid = slots < num_slots
-    safe_slots = tl.where(valid, slots, 0)
     tokens = safe_slots // top_k
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < inter
@@ -373,14 +379,9 @@ def _bwd_rows_kernel(
         wd = tl.load(d_base + ks[:, None] * stride_dh + cols[None, :], mask=w_mask, other=0.0).to(
             tl.float32
         )
-        if IEEE:
-            acc_g += tl.dot(x, wg, input_precision="ieee")
-            acc_u += tl.dot(x, wu, input_precision="ieee")
-            acc_da += tl.dot(do, wd, input_precision="ieee")
-        else:
-            acc_g += tl.dot(x, wg)
-            acc_u += tl.dot(x, wu)
-            acc_da += tl.dot(do, wd)
+        acc_g = _mma(acc_g, x, wg, IEEE)
+        acc_u = _mma(acc_u, x, wu, IEEE)
+        acc_da = _mma(acc_da, do, wd, IEEE)
     sig = tl.sigmoid(acc_g)
     silu = acc_g * sig
     act = silu * acc_u
@@ -449,10 +450,7 @@ def _bwd_expert_weight_kernel(
             mask=ok[:, None] & (ks[None, :] < right_cols),
             other=0.0,
         ).to(tl.float32)
-        if IEEE:
-            acc += tl.dot(tl.trans(left), right, input_precision="ieee")
-        else:
-            acc += tl.dot(tl.trans(left), right)
+        acc = _mma(acc, tl.trans(left), right, IEEE)
     tl.store(
         out_ptr + expert.to(tl.int64) * stride_oe + ns[:, None] * stride_or + ks[None, :],
         acc,
