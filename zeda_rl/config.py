@@ -32,6 +32,8 @@ WEIGHT_SYNC_METHODS = ("object_store", "gloo", "nccl", "ipc")
 WeightSyncMethod = _choices("WeightSyncMethod", WEIGHT_SYNC_METHODS)
 WandbMode = _choices("WandbMode", ("offline", "online", "disabled"))
 Layout = _choices("Layout", ("colocated", "separate"))
+# Ray placement-group strategies; auto: PACK for the colocated layout, SPREAD for separate.
+Placement = _choices("Placement", ("auto", "PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD"))
 
 
 @dataclass
@@ -99,6 +101,9 @@ class RolloutConfig:
     max_prompt_tokens: int = 1024  # for the memory plan
     temperature: float = 1.0  # stage 2 sampling (method.md section 4)
     routing_replay: bool = True  # record expert ids for R3
+    # Ray custom resources each engine's bundle asks for (places the pool on the nodes
+    # that offer them, e.g. {inference_node: 1}).
+    custom_resources: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -111,6 +116,7 @@ class TeacherPoolConfig:
     max_model_len: int = 1024
     kv_cache_gib: int = 1
     temperature: float = 1.0  # must equal rollout.temperature (checked at start-up)
+    custom_resources: dict[str, float] = field(default_factory=dict)  # as rollout's
 
 
 @dataclass
@@ -126,6 +132,7 @@ class TrainerConfig:
     pipeline_parallel: int = 1
     grad_clip: float = 1.0
     optimizer_offload: bool = False  # Adam state in CPU memory (as the ZEDA authors ran)
+    custom_resources: dict[str, float] = field(default_factory=dict)  # per rank, as rollout's
 
 
 @dataclass
@@ -217,7 +224,22 @@ class ResourcesConfig:
     gpus_per_node: int = 0
     gpu_memory_gib: float = 141.0  # per GPU (H200); the dry-run plan checks the fit
     layout: Layout = Layout.colocated  # colocated: pools share nodes | separate: own nodes each
+    # How the pools' bundles go onto nodes: STRICT_PACK keeps a colocated run on one node,
+    # PACK / SPREAD let it span nodes.
+    placement: Placement = Placement.auto
     timeout_s: float = 600.0  # every remote call waits at most this long
+
+
+@dataclass
+class RayConfig:
+    """Where the run's Ray instance comes from."""
+
+    # null: start a private local instance (and stop it at the end); "auto": join the
+    # cluster this process runs in (ray start / a job submission / KubeRay); "ray://host:port":
+    # Ray Client. With an existing cluster the run never starts or stops Ray and kills only
+    # the actors it created.
+    address: Optional[str] = None  # noqa: UP045
+    namespace: Optional[str] = None  # noqa: UP045
 
 
 @dataclass
@@ -237,6 +259,7 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
     seed: int = 0
     dry_run: bool = False
 
@@ -250,4 +273,6 @@ def register_configs() -> None:
     # command line (Hydra merges a dict override into the node, which struct mode would
     # refuse for a family the experiment did not name).
     OmegaConf.set_struct(schema.prompts.mix, False)
+    for pool in (schema.rollout, schema.teacher, schema.trainer):
+        OmegaConf.set_struct(pool.custom_resources, False)  # resource names are the cluster's
     ConfigStore.instance().store(name="run_schema", node=schema)

@@ -302,7 +302,11 @@ def main(dict_cfg: DictConfig) -> None:
         print(OmegaConf.to_yaml(dict_cfg))
         _dry_run(cfg, run_dir)
         return
-    summary = run(cfg, run_dir)
+    try:
+        summary = run(cfg, run_dir)
+    except ConfigError as err:  # the live cluster refused the pools, before any actor
+        print(f"zeda_rl: bad config: {err}", file=sys.stderr)
+        sys.exit(2)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(format_summary(summary, run_dir))
 

@@ -47,11 +47,13 @@ TEACHER_CHUNK = 1024  # prompts per stage-1 generation call
 
 
 def run_pipeline(cfg: RunConfig, teacher_dir: Path, student_dir: Path, run_dir: Path) -> dict:
-    """Both stages on a local Ray instance; returns timings and the final student folder."""
+    """Both stages on the run's Ray (a local instance or a joined cluster: cluster.py);
+    returns timings and the final student folder."""
     import ray
     from transformers import AutoTokenizer
 
     from zeda_rl.checkpoint import Checkpointer, resume_point
+    from zeda_rl.cluster import connect
     from zeda_rl.data.prompts import build_prompts, tokenize_prompts
     from zeda_rl.pools.placement import Pools
     from zeda_rl.tracking import Tracker
@@ -61,14 +63,8 @@ def run_pipeline(cfg: RunConfig, teacher_dir: Path, student_dir: Path, run_dir: 
         tokenizer, build_prompts(active_mix(cfg.prompts.mix), cfg.prompts.seed)
     )
     stop_ids = _stop_ids(student_dir)
-    ctx = ray.init(
-        num_cpus=cfg.resources.cpus_per_node,
-        include_dashboard=True,
-        log_to_driver=False,
-        ignore_reinit_error=True,
-        runtime_env=_runtime_env(cfg),
-    )
-    log.info("Ray dashboard: http://%s", ctx.dashboard_url)
+    dashboard = connect(cfg, _runtime_env(cfg))
+    log.info("Ray dashboard: %s", dashboard or "(not served to this driver)")
     tracker = Tracker(
         run_dir,
         asdict(cfg),
@@ -77,7 +73,7 @@ def run_pipeline(cfg: RunConfig, teacher_dir: Path, student_dir: Path, run_dir: 
         project=cfg.logging.project,
         log_every=cfg.logging.log_every,
     )
-    summary: dict = {"dashboard": f"http://{ctx.dashboard_url}"}
+    summary: dict = {"dashboard": dashboard}
     start = {"stage1": 0, "stage2": 0}
     weights_dir = student_dir
     resumed = resume_point(cfg, run_dir, log=log.warning) if cfg.checkpoint.resume else None
@@ -96,7 +92,7 @@ def run_pipeline(cfg: RunConfig, teacher_dir: Path, student_dir: Path, run_dir: 
     if resumed is not None:
         pools.trainer_group.call("load_optimizer", str(weights_dir))
     summary["pools_start_s"] = round(time.perf_counter() - t0, 1)
-    summary["dashboard_actors"] = _dashboard_actors(summary["dashboard"])
+    summary["dashboard_actors"] = _dashboard_actors(dashboard) if dashboard else {}
     ckpt = Checkpointer(cfg, pools.trainer_group, run_dir)
     try:
         if cfg.stage1.enabled and start["stage1"] >= 0:
@@ -121,7 +117,7 @@ def run_pipeline(cfg: RunConfig, teacher_dir: Path, student_dir: Path, run_dir: 
     finally:
         pools.shutdown()
         tracker.close()
-        ray.shutdown()
+        ray.shutdown()  # stops a local instance; a joined cluster is only left
     return summary
 
 

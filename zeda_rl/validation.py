@@ -216,13 +216,16 @@ def validate(cfg: RunConfig) -> None:
     gpus = max(trainer_gpus, engine_gpus) if colocated else trainer_gpus + engine_gpus
     have_cpus = (res.cpus_per_node or os.cpu_count() or 1) * res.num_nodes
     have_gpus = res.gpus_per_node * res.num_nodes
-    if cpus > have_cpus + 1e-9:
+    # Joining a cluster (ray.address): its live nodes are checked when the run connects
+    # (validate_cluster), not this machine's cores.
+    local = cfg.ray.address is None
+    if local and cpus > have_cpus + 1e-9:
         _fail(
             f"the pools ask for {cpus:g} CPUs (rollout {r.num_workers}x{r.cpus_per_worker:g}, "
             f"teacher {t.cpus:g}, trainer {tr.num_workers}x{tr.cpus_per_worker:g}) but "
             f"resources offer {have_cpus:g}"
         )
-    if gpus > have_gpus + 1e-9:
+    if local and gpus > have_gpus + 1e-9:
         _fail(
             f"the pools ask for {gpus:g} GPUs ({res.layout} layout: trainer {trainer_gpus:g}, "
             f"engines {engine_gpus:g}) but resources offer {have_gpus} ({res.num_nodes} node(s) "
@@ -267,3 +270,58 @@ def _validate_kernels(cfg: RunConfig) -> None:
             "nor the trainer have GPUs (rollout.gpus_per_worker, trainer.gpus_per_worker); "
             "on CPU the torch reference runs: use 'auto' or 'torch'"
         )
+
+
+def validate_cluster(cfg: RunConfig, nodes: list[dict[str, float]]) -> None:
+    """The pools fit the live cluster (``nodes``: each alive node's resources, as
+    ``ray.nodes()`` reports them), checked before any actor starts."""
+    from zeda_rl.pools.placement import placement_strategy, pool_bundles
+
+    bundles = pool_bundles(cfg)
+    total: dict[str, float] = {}
+    for node in nodes:
+        for name, amount in node.items():
+            total[name] = total.get(name, 0.0) + amount
+    have = ", ".join(
+        f"{k} {v:g}"
+        for k, v in sorted(total.items())
+        if not k.startswith("node:") and not k.endswith("memory")
+    )
+    if len(nodes) < cfg.resources.num_nodes:
+        _fail(
+            f"resources.num_nodes={cfg.resources.num_nodes} but the Ray cluster has "
+            f"{len(nodes)} node(s) ({have})"
+        )
+    for name in sorted({k for b in bundles for k in b}):
+        need = sum(b.get(name, 0.0) for b in bundles)
+        if need > total.get(name, 0.0) + 1e-9:
+            _fail(
+                f"the pools ask for {need:g} {name} (rollout, teacher, trainer bundles: "
+                f"{_asks(cfg, name)}) but the Ray cluster has {total.get(name, 0.0):g} "
+                f"({len(nodes)} node(s): {have})"
+            )
+    fits = [
+        any(all(n.get(k, 0.0) + 1e-9 >= v for k, v in b.items()) for n in nodes) for b in bundles
+    ]
+    if not all(fits):
+        bundle = bundles[fits.index(False)]
+        _fail(f"no node of the Ray cluster holds one actor's bundle {bundle} ({have})")
+    needs = {k: sum(b.get(k, 0.0) for b in bundles) for k in total}
+    one_node = any(all(n.get(k, 0.0) + 1e-9 >= v for k, v in needs.items()) for n in nodes)
+    if placement_strategy(cfg) == "STRICT_PACK" and not one_node:
+        _fail(
+            "resources.placement=STRICT_PACK puts every pool on one node, but no node of "
+            f"the Ray cluster holds them all ({have}); use PACK or SPREAD"
+        )
+
+
+def _asks(cfg: RunConfig, name: str) -> str:
+    r, t, tr = cfg.rollout, cfg.teacher, cfg.trainer
+    per = {
+        "CPU": (r.cpus_per_worker, t.cpus, tr.cpus_per_worker),
+        "GPU": (r.gpus_per_worker, t.gpus, tr.gpus_per_worker),
+    }.get(
+        name,
+        tuple(p.custom_resources.get(name, 0.0) for p in (r, t, tr)),
+    )
+    return f"{r.num_workers}x{per[0]:g}, {per[1]:g}, {tr.num_workers}x{per[2]:g}"

@@ -16,19 +16,14 @@ class Pools:
         import ray
         from ray.util.placement_group import placement_group
 
-        from zeda_rl.trainer.distributed import local_init_method
         from zeda_rl.weight_sync import make_weight_sync
 
         self.cfg, self.teacher_dir, self.student_dir = cfg, teacher_dir, student_dir
         self.stop_ids = stop_ids
-        r, t, tr = cfg.rollout, cfg.teacher, cfg.trainer
-        bundles = (
-            [_bundle(r.cpus_per_worker, r.gpus_per_worker)] * r.num_workers
-            + [_bundle(t.cpus, t.gpus)]
-            + [_bundle(tr.cpus_per_worker, tr.gpus_per_worker)] * tr.num_workers
+        r, tr = cfg.rollout, cfg.trainer
+        self.group = placement_group(
+            pool_bundles(cfg), strategy=placement_strategy(cfg), name=f"{cfg.name}-pools"
         )
-        strategy = "PACK" if cfg.resources.layout == "colocated" else "SPREAD"
-        self.group = placement_group(bundles, strategy=strategy, name=f"{cfg.name}-pools")
         ray.get(self.group.ready(), timeout=cfg.resources.timeout_s)
         policy = RetryPolicy(timeout_s=cfg.resources.timeout_s)
         first_teacher, first_trainer = r.num_workers, r.num_workers + 1
@@ -38,13 +33,13 @@ class Pools:
         )
         self.teacher_group = ActorGroup("teacher", self._teacher_factory(first_teacher), 1, policy)
         self.trainer_group = ActorGroup(
-            "trainer",
-            self._trainer_factory(first_trainer, local_init_method()),
-            tr.num_workers,
-            policy,
+            "trainer", self._trainer_factory(first_trainer), tr.num_workers, policy
         )
         for group in (self.rollout_group, self.teacher_group, self.trainer_group):
             group.call("ready")
+        # The ranks meet at rank 0's node (not localhost: the ranks may span nodes).
+        rendezvous = self.trainer_group.call_one(0, "rendezvous")
+        self.trainer_group.call("setup", rendezvous)
         self.weights = make_weight_sync(
             cfg.weight_sync.method,
             self.trainers,
@@ -113,7 +108,7 @@ class Pools:
 
         return build
 
-    def _trainer_factory(self, first_bundle: int, init_method: str):
+    def _trainer_factory(self, first_bundle: int):
         from zeda_rl.pools.trainer import TrainerWorker
         from zeda_rl.trainer.interface import RankSpec
 
@@ -132,7 +127,7 @@ class Pools:
                 spec=RankSpec(
                     rank=rank,
                     world_size=tr.num_workers,
-                    init_method=init_method,
+                    init_method="",  # set by setup(), once rank 0 has named its address
                     optim=_optim(cfg, stage=1 if cfg.stage1.enabled else 2),
                     gal=cfg.group_aux_loss,
                     temperature=cfg.rollout.temperature,
@@ -224,8 +219,28 @@ def _parallel(cfg: RunConfig) -> dict[str, int] | None:
     }
 
 
-def _bundle(cpus: float, gpus: float) -> dict[str, float]:
-    return {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+def pool_bundles(cfg: RunConfig) -> list[dict[str, float]]:
+    """One placement bundle per actor: rollout engines, the teacher, the trainer ranks."""
+    r, t, tr = cfg.rollout, cfg.teacher, cfg.trainer
+    return (
+        [_bundle(r.cpus_per_worker, r.gpus_per_worker, r.custom_resources)] * r.num_workers
+        + [_bundle(t.cpus, t.gpus, t.custom_resources)]
+        + [_bundle(tr.cpus_per_worker, tr.gpus_per_worker, tr.custom_resources)] * tr.num_workers
+    )
+
+
+def placement_strategy(cfg: RunConfig) -> str:
+    if cfg.resources.placement != "auto":
+        return str(cfg.resources.placement)
+    return "PACK" if cfg.resources.layout == "colocated" else "SPREAD"
+
+
+def _bundle(cpus: float, gpus: float, custom: dict[str, float]) -> dict[str, float]:
+    return {
+        "CPU": cpus,
+        **({"GPU": gpus} if gpus else {}),
+        **{k: float(v) for k, v in custom.items()},
+    }
 
 
 def split(items: list, parts: int) -> list[list]:

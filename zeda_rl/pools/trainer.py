@@ -25,9 +25,27 @@ class TrainerWorker:
         # oversubscribe them (measured: 10x slower steps with 2 ranks on 2 cores).
         torch.set_num_threads(threads)
         self.rank = spec.rank
+        self._build = (backend, model_dir, spec, parallel)
+        self.backend = None  # built by setup(), once the rendezvous is known
         # This rank's end of vLLM's weight transfer (weight_sync/vllm_transfer.py).
         self.transfer = None
-        self.backend = make_backend(backend, model_dir, spec, parallel)
+
+    def rendezvous(self) -> str:
+        """Rank 0: an address on this node the other ranks can reach."""
+        import ray
+
+        from zeda_rl.trainer.distributed import free_port
+
+        return f"tcp://{ray.util.get_node_ip_address()}:{free_port('')}"
+
+    def setup(self, init_method: str) -> None:
+        """Join the process group at ``init_method`` and load the model (every rank)."""
+        from dataclasses import replace
+
+        kind, model_dir, spec, parallel = self._build
+        self.backend = make_backend(
+            kind, model_dir, replace(spec, init_method=init_method), parallel
+        )
 
     def ready(self) -> int:
         import os
@@ -104,4 +122,5 @@ class TrainerWorker:
 
     def close(self) -> None:
         self.disconnect_weight_transfer()
-        self.backend.close()
+        if self.backend is not None:
+            self.backend.close()

@@ -1,0 +1,65 @@
+"""The pools against a live cluster's nodes (validate_cluster, in-process with the node lists
+``ray.nodes()`` reports) and the bundles and strategy the placement group gets."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.test_launch import _compose
+
+HEAD = {"CPU": 2.0, "memory": 8e9, "node:127.0.0.1": 1.0, "head": 10.0}
+WORKER = {"CPU": 2.0, "memory": 8e9, "node:127.0.0.2": 1.0, "other": 10.0}
+
+
+def _cfg(*overrides: str):
+    from zeda_rl.launch import checked_config
+
+    return checked_config(
+        _compose("+experiment=tiny", "model.source=random", "ray.address=auto", *overrides)
+    )
+
+
+def test_pools_spread_over_two_nodes_by_custom_resources():
+    from zeda_rl.pools.placement import placement_strategy, pool_bundles
+    from zeda_rl.validation import validate_cluster
+
+    cfg = _cfg(
+        "rollout.custom_resources={other:1}",
+        "teacher.custom_resources={head:1}",
+        "trainer.custom_resources={head:1}",
+        "resources.placement=SPREAD",
+    )
+    bundles = pool_bundles(cfg)
+    assert bundles[0] == {"CPU": 0.5, "other": 1.0}
+    assert all(b.get("head") == 1.0 for b in bundles[1:])
+    assert placement_strategy(cfg) == "SPREAD"
+    validate_cluster(cfg, [HEAD, WORKER])  # fits: nothing raised
+
+
+@pytest.mark.parametrize(
+    ("overrides", "nodes", "message"),
+    [
+        ([], [{"CPU": 1.0}], "the pools ask for 2 CPU"),
+        (
+            ["resources.num_nodes=3"],
+            [HEAD, WORKER],
+            "resources.num_nodes=3 but the Ray cluster has 2",
+        ),
+        (["rollout.custom_resources={tpu_host:1}"], [HEAD, WORKER], "1 tpu_host"),
+        (["trainer.gpus_per_worker=1", "resources.gpus_per_node=1"], [HEAD, WORKER], "GPU"),
+        (["trainer.cpus_per_worker=3"], [{"CPU": 2.0}] * 4, "no node of the Ray cluster holds"),
+        (["resources.placement=STRICT_PACK"], [{"CPU": 1.5}, {"CPU": 1.5}], "STRICT_PACK"),
+    ],
+)
+def test_a_cluster_without_the_resources_is_refused(overrides, nodes, message):
+    from zeda_rl.validation import ConfigError, validate_cluster
+
+    cfg = _cfg(*overrides)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        validate_cluster(cfg, nodes)
+
+
+def test_joining_a_cluster_skips_the_local_core_count():
+    """resources.cpus_per_node describes this machine; a joined cluster is checked live."""
+    cfg = _cfg("trainer.num_workers=8")
+    assert cfg.trainer.num_workers == 8  # validate() passed: the live check decides
