@@ -223,3 +223,46 @@ def test_stage_two_resets_adam_with_its_own_settings(zeda_dir):
         assert all(g["betas"] == (0.5, 0.9) for g in groups)
     finally:
         backend.close()
+
+
+@pytest.mark.parametrize("objective", ["opd", "topk_kl"])
+def test_a_non_finite_step_is_skipped_and_never_reaches_a_save(zeda_dir, tmp_path, objective):
+    """NaN teacher log-probabilities in one sample make the step's loss NaN: the optimizer
+    step is skipped (weights and Adam state untouched), the next clean step trains, and a
+    non-finite weight is refused before a checkpoint or a weight export."""
+    from dataclasses import replace
+
+    from zeda_rl.orchestrator import SkippedSteps
+
+    backend = _backend(zeda_dir)
+    clean = tiny_samples(4)
+    poisoned = list(clean)
+    if objective == "opd":
+        poisoned[1] = replace(
+            clean[1], teacher_logprobs=[float("nan")] * len(clean[1].response_ids)
+        )
+    else:
+        top = clean[1].teacher_topk_logprobs.copy()
+        top[0, 0] = float("nan")
+        poisoned[1] = replace(clean[1], teacher_topk_logprobs=top)
+    tokens = backend.objective(objective).normalizer(clean)
+    before = {k: v.clone() for k, v in backend.model.state_dict().items()}
+    metrics = backend.train_step(poisoned, objective=objective, lr=1e-3, global_tokens=tokens)
+    assert metrics["skipped_step"] == 1.0 and backend.step == 0
+    assert all(torch.equal(before[k], v) for k, v in backend.model.state_dict().items())
+    assert not backend.optimizer.state  # Adam never saw the NaN step
+
+    guard = SkippedSteps(limit=2, stage="stage2")
+    guard.after(0, metrics)  # one skipped step: the run goes on
+    with pytest.raises(FloatingPointError, match="2 optimizer steps in a row"):
+        guard.after(1, metrics)
+
+    metrics = backend.train_step(clean, objective=objective, lr=1e-3, global_tokens=tokens)
+    assert metrics["skipped_step"] == 0.0 and backend.step == 1
+    backend.check_finite_weights("a checkpoint")  # finite: nothing raised
+
+    with torch.no_grad():
+        next(p for p in backend.model.parameters() if p.dim() == 2)[0, 0] = float("inf")
+    with pytest.raises(FloatingPointError, match="refusing to write it into a checkpoint"):
+        backend.check_finite_weights("a checkpoint")
+    backend.close()

@@ -132,6 +132,9 @@ class TrainerConfig:
     pipeline_parallel: int = 1
     grad_clip: float = 1.0
     optimizer_offload: bool = False  # Adam state in CPU memory (as the ZEDA authors ran)
+    # A step whose gradient norm is not finite is skipped; this many in a row stop the run
+    # (its last checkpoint, written before them, intact).
+    max_skipped_steps: int = 3
     custom_resources: dict[str, float] = field(default_factory=dict)  # per rank, as rollout's
 
 

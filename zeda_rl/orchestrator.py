@@ -154,11 +154,13 @@ def run_stage1(
     rollout_s = time.perf_counter() - t0
     steps = math.ceil(len(samples) / s.global_batch)
     last: dict = {}
+    guard = SkippedSteps(cfg.trainer.max_skipped_steps, "stage1")
     for step in tracker.progress(range(start_step, steps), "stage 1 (SFT)"):
         t = time.perf_counter()
         batch = samples[step * s.global_batch : (step + 1) * s.global_batch]
         lr = cosine_lr(step, steps, s.lr, s.warmup_ratio)
         metrics = pools.train(batch, "sft", lr)
+        guard.after(step, metrics)
         tokens = sum(len(x.prompt_ids) + len(x.response_ids) for x in batch)
         elapsed = time.perf_counter() - t
         last = {**metrics, "lr": lr, "train_s": elapsed, "tokens_per_s": tokens / elapsed}
@@ -180,6 +182,7 @@ def run_stage2(
         pools.trainer_group.call("reset_optimizer", tuple(s.betas), s.weight_decay)
     pools.sync_weights()
     last: dict = {}
+    guard = SkippedSteps(cfg.trainer.max_skipped_steps, "stage2")
     from zeda_rl.losses.objective import get_objective
 
     label = get_objective(s.loss).label
@@ -205,6 +208,7 @@ def run_stage2(
             ]
         t2 = time.perf_counter()
         metrics = pools.train(samples, s.loss, s.lr)
+        guard.after(step, metrics)
         t3 = time.perf_counter()
         sync = pools.sync_weights()
         t4 = time.perf_counter()
@@ -225,6 +229,33 @@ def run_stage2(
         tracker.log("stage2", step, last, last_step=step == s.steps - 1)
         ckpt.maybe_save("stage2", step, last_step=step == s.steps - 1)
     return {"steps": s.steps, "last": last}
+
+
+class SkippedSteps:
+    """Counts optimizer steps skipped in a row for a non-finite gradient norm (the trainer
+    skips them: step.py); ``limit`` in a row stop the run. The weights of a skipped step
+    are the previous step's, so every checkpoint written holds finite weights."""
+
+    def __init__(self, limit: int, stage: str):
+        self.limit, self.stage, self.in_a_row = limit, stage, 0
+
+    def after(self, step: int, metrics: dict) -> None:
+        if not metrics.get("skipped_step"):
+            self.in_a_row = 0
+            return
+        self.in_a_row += 1
+        log.warning(
+            "%s step %d: non-finite gradient norm, optimizer step skipped (%d in a row)",
+            self.stage,
+            step,
+            self.in_a_row,
+        )
+        if self.in_a_row >= self.limit:
+            raise FloatingPointError(
+                f"{self.stage}: {self.in_a_row} optimizer steps in a row skipped for non-finite "
+                f"gradients (trainer.max_skipped_steps={self.limit}), up to step {step}; the "
+                "checkpoints written before them are intact (resume with checkpoint.resume=true)"
+            )
 
 
 def check_sync(cfg: RunConfig, pools: Pools, probe: list[Sample]) -> float:

@@ -71,6 +71,7 @@ class TrainerWorker:
 
         from zeda_rl.weight_sync.object_store import bucketize
 
+        self.backend.check_finite_weights("a weight sync")
         buckets = bucketize(self.backend.named_tensors(), bucket_mb)
         return [ray.put(b) for b in buckets] if self.rank == 0 else []
 
@@ -101,6 +102,7 @@ class TrainerWorker:
         """One round of vLLM's weight transfer; returns the number of tensors sent."""
         if self.transfer is None:
             raise RuntimeError("send_weights before connect_weight_transfer")
+        self.backend.check_finite_weights("a weight sync")
         self.transfer.send_weights()
         return len(self.transfer.source.metadata())  # read once, at the first send
 
@@ -115,6 +117,7 @@ class TrainerWorker:
         self.backend.reset_optimizer(betas, weight_decay)
 
     def save(self, directory: str) -> None:
+        self.backend.check_finite_weights(f"the checkpoint {directory}")
         self.backend.save(Path(directory))
 
     def load_optimizer(self, directory: str) -> None:

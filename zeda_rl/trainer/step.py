@@ -9,6 +9,7 @@ normalizer over the whole step, so per-token averages are exact across ranks.
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -20,6 +21,8 @@ from zeda_rl.losses.objective import Objective, get_objective
 from zeda_rl.trainer.batch import Batch, Sample, collate, pad_batch
 from zeda_rl.trainer.distributed import rank_device
 from zeda_rl.trainer.interface import RankSpec
+
+log = logging.getLogger(__name__)
 
 MAX_LOCKSTEP_BATCHES = 256  # micro-batches per rank and step a lockstep backend can align
 
@@ -177,11 +180,34 @@ class StepBackend:
             for key, value in stats.items():
                 sums[key] += value
         grad_norm = self._reduce_gradients()
-        self._optimizer_step()
-        self.step += 1
-        return self._step_metrics(
+        # Gradients are summed over the ranks first, so every rank sees the same norm and
+        # skips (or steps) together.
+        finite = math.isfinite(grad_norm)
+        if finite:
+            self._optimizer_step()
+            self.step += 1
+        else:
+            log.warning(
+                "rank %d: non-finite gradient norm at step %d: optimizer step skipped "
+                "(this rank's samples: %s)",
+                self.rank,
+                self.step,
+                _nonfinite_samples(samples),
+            )
+        metrics = self._step_metrics(
             goal, sums, zero_ratio_per_layer, routed_tokens, total_micro, global_tokens, grad_norm
         )
+        metrics["skipped_step"] = 0.0 if finite else 1.0
+        return metrics
+
+    def check_finite_weights(self, what: str) -> None:
+        """Refuse to let a non-finite weight reach ``what`` (a checkpoint, a weight sync)."""
+        for name, tensor in self.named_tensors():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise FloatingPointError(
+                    f"rank {self.rank}: weight {name} holds non-finite values; refusing to "
+                    f"write it into {what}"
+                )
 
     def _optimizer_step(self) -> None:
         if not self.optim.offload:
@@ -282,3 +308,22 @@ class StepBackend:
                 group["betas"] = tuple(betas)
             if weight_decay is not None and group["weight_decay"] > 0:
                 group["weight_decay"] = weight_decay
+
+
+def _nonfinite_samples(samples: list[Sample]) -> list[int]:
+    """Indices (in this rank's share) of samples whose inputs carry a non-finite value; the
+    rest of a non-finite step comes from the model itself."""
+    bad = []
+    for i, sample in enumerate(samples):
+        values = [
+            v
+            for field in (sample.rollout_logprobs, sample.teacher_logprobs)
+            if field is not None
+            for v in field
+        ]
+        top = sample.teacher_topk_logprobs
+        if any(not math.isfinite(v) for v in values) or (
+            top is not None and not bool(torch.isfinite(torch.as_tensor(top)).all())
+        ):
+            bad.append(i)
+    return bad
