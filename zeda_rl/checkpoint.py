@@ -9,10 +9,13 @@ on resume the newest checkpoint whose manifest verifies is used.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
-from collections.abc import Callable
+import signal
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -108,27 +111,67 @@ def checkpoint_root(cfg: RunConfig, run_dir: Path) -> Path:
     return Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else run_dir / "checkpoints"
 
 
+class Preempted(Exception):
+    """The run was asked to stop (SIGTERM / SIGINT) and saved a checkpoint first."""
+
+    def __init__(self, signal_name: str, checkpoint: Path):
+        super().__init__(
+            f"stopped by {signal_name} after writing {checkpoint}; relaunch with "
+            "checkpoint.resume=true and the same hydra.run.dir to continue"
+        )
+        self.signal_name, self.checkpoint = signal_name, checkpoint
+
+
 class Checkpointer:
-    """Saves at ``checkpoint.every_steps`` and at each stage's last step; all trainer ranks
-    take part (the save is collective), rank 0 writes."""
+    """Saves at ``checkpoint.every_steps``, every ``checkpoint.every_minutes``, at each
+    stage's last step, and after the step in flight when the driver gets SIGTERM or SIGINT
+    (then raises ``Preempted``). All trainer ranks take part (the save is collective), rank
+    0 writes."""
 
     def __init__(self, cfg: RunConfig, trainers: ActorGroup, run_dir: Path):
         self.cfg, self.trainers, self.run_dir = cfg, trainers, run_dir
         self.root = checkpoint_root(cfg, run_dir)
+        self.last_save = time.monotonic()
+        self.stop_signal: str | None = None  # set by the signal handler
+
+    @contextlib.contextmanager
+    def on_signals(self) -> Iterator[None]:
+        """While inside: SIGTERM / SIGINT ask for a checkpoint and a clean stop after the
+        current step, instead of killing the driver mid-step."""
+
+        def ask(signum, _frame):
+            self.stop_signal = signal.Signals(signum).name
+
+        previous = {s: signal.signal(s, ask) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
     def maybe_save(self, stage: str, step: int, last_step: bool) -> Path | None:
-        every = self.cfg.checkpoint.every_steps
-        if not last_step and not (every > 0 and (step + 1) % every == 0):
+        c = self.cfg.checkpoint
+        due = (
+            last_step
+            or (c.every_steps > 0 and (step + 1) % c.every_steps == 0)
+            or (c.every_minutes > 0 and time.monotonic() - self.last_save >= 60 * c.every_minutes)
+            or self.stop_signal is not None
+        )
+        if not due:
             return None
         state = {"seed": self.cfg.seed, "stage_complete": last_step}
-        return save_checkpoint(
+        path = save_checkpoint(
             self.root,
             stage,
             step,
             lambda folder: self.trainers.call("save", str(folder)),
             state,
-            self.cfg.checkpoint.keep,
+            c.keep,
         )
+        self.last_save = time.monotonic()
+        if self.stop_signal is not None:
+            raise Preempted(self.stop_signal, path)
+        return path
 
 
 @dataclass

@@ -201,6 +201,9 @@ class WeightSyncConfig:
 @dataclass
 class CheckpointConfig:
     every_steps: int = 0  # 0: only at the end of each stage
+    # Also when this many minutes have passed since the last one (0: off). A SIGTERM or
+    # SIGINT (a scheduler's pre-emption) always writes one after the step in flight.
+    every_minutes: float = 0.0
     keep: int = 2
     # Continue from the newest valid checkpoint under ``dir`` (default <run dir>/checkpoints;
     # relaunch with hydra.run.dir=<the run's folder> to resume it in place).

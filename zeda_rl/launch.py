@@ -302,11 +302,16 @@ def main(dict_cfg: DictConfig) -> None:
         print(OmegaConf.to_yaml(dict_cfg))
         _dry_run(cfg, run_dir)
         return
+    from zeda_rl.checkpoint import Preempted
+
     try:
         summary = run(cfg, run_dir)
     except ConfigError as err:  # the live cluster refused the pools, before any actor
         print(f"zeda_rl: bad config: {err}", file=sys.stderr)
         sys.exit(2)
+    except Preempted as stop:  # a scheduler's SIGTERM (or Ctrl-C): checkpointed, resumable
+        print(f"zeda_rl: {stop}", file=sys.stderr)
+        sys.exit(143 if stop.signal_name == "SIGTERM" else 130)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(format_summary(summary, run_dir))
 

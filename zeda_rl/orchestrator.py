@@ -95,25 +95,26 @@ def run_pipeline(cfg: RunConfig, teacher_dir: Path, student_dir: Path, run_dir: 
     summary["dashboard_actors"] = _dashboard_actors(dashboard) if dashboard else {}
     ckpt = Checkpointer(cfg, pools.trainer_group, run_dir)
     try:
-        if cfg.stage1.enabled and start["stage1"] >= 0:
-            t = time.perf_counter()
-            summary["stage1"] = run_stage1(cfg, pools, prompts, tracker, ckpt, start["stage1"])
-            summary["stage1"]["seconds"] = round(time.perf_counter() - t, 1)
-        if cfg.stage2.enabled:
-            t = time.perf_counter()
-            summary["stage2"] = run_stage2(cfg, pools, prompts, tracker, ckpt, start["stage2"])
-            summary["stage2"]["seconds"] = round(time.perf_counter() - t, 1)
-        final = run_dir / "student_final"
-        pools.trainer_group.call("save", str(final))  # collective
-        for name in (
-            "tokenizer.json",
-            "tokenizer_config.json",
-            "chat_template.jinja",
-            "generation_config.json",
-        ):
-            if (student_dir / name).is_file():
-                (final / name).write_bytes((student_dir / name).read_bytes())
-        summary["student_final"] = str(final)
+        with ckpt.on_signals():
+            if cfg.stage1.enabled and start["stage1"] >= 0:
+                t = time.perf_counter()
+                summary["stage1"] = run_stage1(cfg, pools, prompts, tracker, ckpt, start["stage1"])
+                summary["stage1"]["seconds"] = round(time.perf_counter() - t, 1)
+            if cfg.stage2.enabled:
+                t = time.perf_counter()
+                summary["stage2"] = run_stage2(cfg, pools, prompts, tracker, ckpt, start["stage2"])
+                summary["stage2"]["seconds"] = round(time.perf_counter() - t, 1)
+            final = run_dir / "student_final"
+            pools.trainer_group.call("save", str(final))  # collective
+            for name in (
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "chat_template.jinja",
+                "generation_config.json",
+            ):
+                if (student_dir / name).is_file():
+                    (final / name).write_bytes((student_dir / name).read_bytes())
+            summary["student_final"] = str(final)
     finally:
         pools.shutdown()
         tracker.close()

@@ -204,6 +204,8 @@ def validate(cfg: RunConfig) -> None:
         )
     if not 0 <= cfg.stage1.warmup_ratio < 1:
         _fail(f"stage1.warmup_ratio={cfg.stage1.warmup_ratio} must be in [0, 1)")
+    if cfg.checkpoint.every_minutes < 0:
+        _fail(f"checkpoint.every_minutes={cfg.checkpoint.every_minutes}: minutes >= 0 (0: off)")
     if cfg.trainer.max_skipped_steps < 1:
         _fail(f"trainer.max_skipped_steps={cfg.trainer.max_skipped_steps}: a step count >= 1")
     if cfg.logging.log_every < 0:
