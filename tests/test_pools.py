@@ -70,6 +70,12 @@ def test_weight_sync_and_dead_actors_are_replaced(tmp_path, method):
         pools.train(probe, "sft", lr=0.05)
         pools.sync_weights()
         assert check_sync(cfg, pools, probe) <= 1e-4
+        # Between steps, a health check replaces a dead engine (with the current weights) and
+        # leaves the live ones alone.
+        ray.kill(pools.rollouts[1], no_restart=True)
+        assert pools.check_health() == {"rollout": [1]}
+        assert check_sync(cfg, pools, probe) <= 1e-4
+        assert pools.check_health() == {}
         # A step the engines never received is caught.
         pools.train(probe, "sft", lr=0.05)
         with pytest.raises(RuntimeError, match="weight sync check failed"):

@@ -234,6 +234,10 @@ class ResourcesConfig:
     # PACK / SPREAD let it span nodes.
     placement: Placement = Placement.auto
     timeout_s: float = 600.0  # every remote call waits at most this long
+    # Every this many stage-2 steps the engines are pinged; one dead or silent for
+    # health_check_timeout_s (a hung call) is replaced before it stalls a step. 0: off.
+    health_check_every: int = 10
+    health_check_timeout_s: float = 60.0
 
 
 @dataclass

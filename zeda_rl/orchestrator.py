@@ -189,6 +189,10 @@ def run_stage2(
     label = get_objective(s.loss).label
     for step in tracker.progress(range(start_step, s.steps), label):
         t0 = time.perf_counter()
+        every = cfg.resources.health_check_every
+        due = every and step > start_step and step % every == 0
+        if due and (rebuilt := pools.check_health()):
+            log.warning("stage2 step %d: engines replaced: %s", step, rebuilt)
         rng = random.Random(cfg.seed * 1_000_003 + step)  # the same data order on resume
         chosen = rng.sample(prompts, min(s.prompts_per_step, len(prompts)))
         batch_prompts = [p for p in chosen for _ in range(s.samples_per_prompt)]

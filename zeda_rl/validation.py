@@ -204,6 +204,11 @@ def validate(cfg: RunConfig) -> None:
         )
     if not 0 <= cfg.stage1.warmup_ratio < 1:
         _fail(f"stage1.warmup_ratio={cfg.stage1.warmup_ratio} must be in [0, 1)")
+    if cfg.resources.health_check_every < 0 or cfg.resources.health_check_timeout_s <= 0:
+        _fail(
+            f"resources.health_check_every={cfg.resources.health_check_every} (steps >= 0) / "
+            f"health_check_timeout_s={cfg.resources.health_check_timeout_s} (seconds > 0)"
+        )
     if cfg.checkpoint.every_minutes < 0:
         _fail(f"checkpoint.every_minutes={cfg.checkpoint.every_minutes}: minutes >= 0 (0: off)")
     if cfg.trainer.max_skipped_steps < 1:

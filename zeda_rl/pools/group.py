@@ -95,6 +95,29 @@ class ActorGroup:
                 )
                 self.restart(rank)
 
+    def check_health(self, timeout_s: float) -> list[int]:
+        """Ping every actor; one that is dead or does not answer within ``timeout_s`` (an
+        actor runs one call at a time: a hung call blocks the ping) is rebuilt. Returns the
+        rebuilt ranks."""
+        import ray
+
+        failures = (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError)
+        refs = [a.ready.remote() for a in self.actors]
+        rebuilt = []
+        for rank, ref in enumerate(refs):
+            try:
+                ray.get(ref, timeout=timeout_s)
+            except failures as err:
+                log.warning(
+                    "%s-%d failed its health check (%s); restarting it",
+                    self.name,
+                    rank,
+                    type(err).__name__,
+                )
+                self.restart(rank)
+                rebuilt.append(rank)
+        return rebuilt
+
     def restart(self, rank: int) -> None:
         """Kill actor ``rank`` and build a fresh one in its place."""
         import ray

@@ -175,6 +175,16 @@ class Pools:
         )
         return [g for part in out for g in part]
 
+    def check_health(self) -> dict[str, list[int]]:
+        """Ping every engine between steps; a dead or hung one is replaced (a rollout engine
+        gets the current weights). Returns the rebuilt ranks per pool."""
+        timeout = self.cfg.resources.health_check_timeout_s
+        rebuilt = {
+            "rollout": self.rollout_group.check_health(timeout),
+            "teacher": self.teacher_group.check_health(timeout),
+        }
+        return {k: v for k, v in rebuilt.items() if v}
+
     def sync_weights(self) -> dict:
         """The trainer's current weights into every rollout engine (weight_sync/)."""
         return self.weights.push()
