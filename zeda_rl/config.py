@@ -135,6 +135,9 @@ class TrainerConfig:
     # A step whose gradient norm is not finite is skipped; this many in a row stop the run
     # (its last checkpoint, written before them, intact).
     max_skipped_steps: int = 3
+    # A lost rank (killed, OOM, node gone) rebuilds every rank from the newest verified
+    # checkpoint, at most this many times per run; then the run fails, checkpoints intact.
+    max_restarts: int = 2
     custom_resources: dict[str, float] = field(default_factory=dict)  # per rank, as rollout's
 
 

@@ -55,6 +55,7 @@ def run_pipeline(cfg: RunConfig, teacher_dir: Path, student_dir: Path, run_dir: 
     from zeda_rl.checkpoint import Checkpointer, resume_point
     from zeda_rl.cluster import connect
     from zeda_rl.data.prompts import build_prompts, tokenize_prompts
+    from zeda_rl.pools.group import GroupLost
     from zeda_rl.pools.placement import Pools
     from zeda_rl.tracking import Tracker
 
@@ -96,14 +97,24 @@ def run_pipeline(cfg: RunConfig, teacher_dir: Path, student_dir: Path, run_dir: 
     ckpt = Checkpointer(cfg, pools.trainer_group, run_dir)
     try:
         with ckpt.on_signals():
-            if cfg.stage1.enabled and start["stage1"] >= 0:
-                t = time.perf_counter()
-                summary["stage1"] = run_stage1(cfg, pools, prompts, tracker, ckpt, start["stage1"])
-                summary["stage1"]["seconds"] = round(time.perf_counter() - t, 1)
-            if cfg.stage2.enabled:
-                t = time.perf_counter()
-                summary["stage2"] = run_stage2(cfg, pools, prompts, tracker, ckpt, start["stage2"])
-                summary["stage2"]["seconds"] = round(time.perf_counter() - t, 1)
+            restarts = 0
+            while True:
+                try:
+                    _run_stages(cfg, pools, prompts, tracker, ckpt, start, summary)
+                    break
+                except GroupLost as lost:
+                    if lost.group != "trainer" or restarts >= cfg.trainer.max_restarts:
+                        raise
+                    restarts += 1
+                    log.warning(
+                        "%s: rebuilding the trainer ranks from the newest checkpoint "
+                        "(restart %d of trainer.max_restarts=%d)",
+                        lost,
+                        restarts,
+                        cfg.trainer.max_restarts,
+                    )
+                    start = _recover_trainers(cfg, pools, ckpt, tracker, student_dir, run_dir)
+                    summary["trainer_restarts"] = restarts
             final = run_dir / "student_final"
             pools.trainer_group.call("save", str(final))  # collective
             for name in (
@@ -120,6 +131,36 @@ def run_pipeline(cfg: RunConfig, teacher_dir: Path, student_dir: Path, run_dir: 
         tracker.close()
         ray.shutdown()  # stops a local instance; a joined cluster is only left
     return summary
+
+
+def _run_stages(cfg, pools, prompts, tracker, ckpt, start: dict, summary: dict) -> None:
+    if cfg.stage1.enabled and start["stage1"] >= 0:
+        t = time.perf_counter()
+        summary["stage1"] = run_stage1(cfg, pools, prompts, tracker, ckpt, start["stage1"])
+        summary["stage1"]["seconds"] = round(time.perf_counter() - t, 1)
+    if cfg.stage2.enabled:
+        t = time.perf_counter()
+        summary["stage2"] = run_stage2(cfg, pools, prompts, tracker, ckpt, start["stage2"])
+        summary["stage2"]["seconds"] = round(time.perf_counter() - t, 1)
+
+
+def _recover_trainers(cfg, pools, ckpt, tracker, student_dir: Path, run_dir: Path) -> dict:
+    """New trainer ranks from the newest verified checkpoint (or, before the first one, the
+    converted student); returns where each stage starts again. Steps since that checkpoint
+    are redone, and their rows leave the metrics log."""
+    from zeda_rl.checkpoint import resume_point
+
+    point = resume_point(cfg, run_dir, log=log.warning)
+    if point is None:
+        pools.rebuild_trainers(student_dir, optimizer=False)
+        tracker.truncate_after("stage1", -1)
+        start = {"stage1": 0, "stage2": 0}
+    else:
+        pools.rebuild_trainers(point.weights_dir, optimizer=True)
+        tracker.truncate_after(point.state["stage"], point.state["step"])
+        start = {"stage1": point.stage1_start, "stage2": point.stage2_start}
+    ckpt.trainers = pools.trainer_group
+    return start
 
 
 def run_stage1(

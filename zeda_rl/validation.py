@@ -211,6 +211,8 @@ def validate(cfg: RunConfig) -> None:
         )
     if cfg.checkpoint.every_minutes < 0:
         _fail(f"checkpoint.every_minutes={cfg.checkpoint.every_minutes}: minutes >= 0 (0: off)")
+    if cfg.trainer.max_restarts < 0:
+        _fail(f"trainer.max_restarts={cfg.trainer.max_restarts}: a count >= 0 (0: none)")
     if cfg.trainer.max_skipped_steps < 1:
         _fail(f"trainer.max_skipped_steps={cfg.trainer.max_skipped_steps}: a step count >= 1")
     if cfg.logging.log_every < 0:

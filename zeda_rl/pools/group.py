@@ -10,6 +10,14 @@ from dataclasses import dataclass
 log = logging.getLogger(__name__)
 
 
+class GroupLost(RuntimeError):
+    """A member of a collective group died or hung: the whole group must be rebuilt."""
+
+    def __init__(self, group: str, cause: BaseException):
+        super().__init__(f"the {group} group lost a member ({type(cause).__name__}: {cause})")
+        self.group = group
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """What a failed call (actor died, or no answer within ``timeout_s``) gets: the actor is
@@ -48,8 +56,30 @@ class ActorGroup:
 
         return ray.get(refs, timeout=self.policy.timeout_s)
 
+    def get_all(self, refs: list) -> list:
+        """Every result, failing as soon as one actor fails: the others of a collective may
+        be blocked on the dead one and would only answer at the timeout."""
+        import time
+
+        import ray
+
+        failures = (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError)
+        deadline = time.monotonic() + self.policy.timeout_s
+        pending = list(refs)
+        try:
+            while pending:
+                left = max(0.0, deadline - time.monotonic())
+                ready, pending = ray.wait(pending, num_returns=1, timeout=left)
+                if not ready:
+                    raise ray.exceptions.GetTimeoutError(f"{self.name}: no answer in {left:.0f}s")
+                ray.get(ready[0])  # raises what the call raised
+        except failures as err:
+            raise GroupLost(self.name, err) from err
+        return ray.get(refs)
+
     def call(self, method: str, *args, **kwargs) -> list:
-        return self.get([getattr(a, method).remote(*args, **kwargs) for a in self.actors])
+        """The same call on every actor (a collective: a lost member fails it, GroupLost)."""
+        return self.get_all([getattr(a, method).remote(*args, **kwargs) for a in self.actors])
 
     def scatter(self, method: str, shares: Sequence, retry: bool = True, **kwargs) -> list:
         """``method(share, **kwargs)`` on actor i for the i-th share; results in order."""
@@ -60,7 +90,7 @@ class ActorGroup:
             for a, share in zip(self.actors, shares, strict=True)
         ]
         if not retry:
-            return self.get(refs)
+            return self.get_all(refs)
         return [
             self._with_retry(rank, method, (share,), kwargs, first=ref)
             for rank, (ref, share) in enumerate(zip(refs, shares, strict=True))

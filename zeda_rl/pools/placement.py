@@ -16,8 +16,6 @@ class Pools:
         import ray
         from ray.util.placement_group import placement_group
 
-        from zeda_rl.weight_sync import make_weight_sync
-
         self.cfg, self.teacher_dir, self.student_dir = cfg, teacher_dir, student_dir
         self.stop_ids = stop_ids
         r, tr = cfg.rollout, cfg.trainer
@@ -37,17 +35,42 @@ class Pools:
         )
         for group in (self.rollout_group, self.teacher_group, self.trainer_group):
             group.call("ready")
+        self._start_trainers()
+
+    def _start_trainers(self) -> None:
+        """The trainer ranks' process group and model, then the weight sync to the engines."""
+        from zeda_rl.weight_sync import make_weight_sync
+
         # The ranks meet at rank 0's node (not localhost: the ranks may span nodes).
         rendezvous = self.trainer_group.call_one(0, "rendezvous")
         self.trainer_group.call("setup", rendezvous)
         self.weights = make_weight_sync(
-            cfg.weight_sync.method,
+            self.cfg.weight_sync.method,
             self.trainers,
-            bucket_mb=cfg.weight_sync.bucket_mb,
-            workers_per_engine=r.tensor_parallel_size,
-            timeout_s=cfg.resources.timeout_s,
+            bucket_mb=self.cfg.weight_sync.bucket_mb,
+            workers_per_engine=self.cfg.rollout.tensor_parallel_size,
+            timeout_s=self.cfg.resources.timeout_s,
         )
         self.weights.connect(self.rollouts)
+
+    def rebuild_trainers(self, weights_dir: Path, optimizer: bool) -> None:
+        """After a lost trainer rank: every rank is replaced (a collective cannot continue
+        without one), loaded from ``weights_dir`` (a checkpoint, or the converted student),
+        with the checkpoint's optimizer state when ``optimizer``; the engines get its
+        weights."""
+        self.trainer_group.kill()
+        self.student_dir = weights_dir
+        self.trainer_group = ActorGroup(
+            "trainer",
+            self._trainer_factory(self.cfg.rollout.num_workers + 1),
+            self.cfg.trainer.num_workers,
+            self.trainer_group.policy,
+        )
+        self.trainer_group.call("ready")
+        self._start_trainers()
+        if optimizer:
+            self.trainer_group.call("load_optimizer", str(weights_dir))
+        self.sync_weights()
 
     # -- actors ------------------------------------------------------------------------------
 
