@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from tests.test_launch import _compose
@@ -63,3 +65,67 @@ def test_joining_a_cluster_skips_the_local_core_count():
     """resources.cpus_per_node describes this machine; a joined cluster is checked live."""
     cfg = _cfg("trainer.num_workers=8")
     assert cfg.trainer.num_workers == 8  # validate() passed: the live check decides
+
+
+@pytest.mark.slow
+def test_pipeline_across_two_nodes_of_an_existing_cluster(tmp_path):
+    """A two-node Ray cluster on this machine (the test starts and stops it); the tiny
+    pipeline joins it (ray.address=auto) with the rollout engine forced onto the second
+    node by a custom resource: both stages run, weights reach the other node, the logprob
+    check after each sync passes; a relaunch resumes from the run's checkpoint. A run that
+    asks for more than the cluster has is refused before any actor starts."""
+    import json
+    import os
+    import subprocess
+
+    from ray.cluster_utils import Cluster
+
+    from tests.test_pipeline import COMMON, _stage_steps
+
+    cluster = Cluster(
+        initialize_head=True,
+        connect=False,
+        head_node_args={"num_cpus": 2, "resources": {"head": 10}},
+    )
+    try:
+        cluster.add_node(num_cpus=1, resources={"other": 10})
+        cluster.wait_for_nodes()
+        env = {**os.environ, "RAY_ADDRESS": cluster.address, "ZEDA_CACHE_DIR": str(tmp_path)}
+        run_dir = tmp_path / "run"
+
+        def launch(*overrides: str, folder=run_dir) -> subprocess.CompletedProcess:
+            return subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "zeda_rl.launch",
+                    *COMMON,
+                    "ray.address=auto",
+                    "resources.num_nodes=2",
+                    "rollout.custom_resources={other:1}",
+                    "teacher.custom_resources={head:1}",
+                    "trainer.custom_resources={head:1}",
+                    "weight_sync.check_logprobs=true",
+                    *overrides,
+                    f"hydra.run.dir={folder}",
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=900,
+            )
+
+        refused = launch("resources.num_nodes=3", folder=tmp_path / "refused")
+        assert refused.returncode == 2, refused.stderr[-4000:]
+        assert "resources.num_nodes=3 but the Ray cluster has 2" in refused.stderr
+        assert not (tmp_path / "refused" / "checkpoints").exists()
+
+        first = launch("stage2.steps=2")
+        assert first.returncode == 0, first.stderr[-4000:]
+        pipe = json.loads((run_dir / "summary.json").read_text())["pipeline"]
+        assert pipe["stage2"]["last"]["sync_logprob_max_diff"] < 1e-3
+        again = launch("stage2.steps=3", "checkpoint.resume=true")
+        assert again.returncode == 0, again.stderr[-4000:]
+        assert _stage_steps(run_dir, "stage2") == [0, 1, 2]
+    finally:
+        cluster.shutdown()
