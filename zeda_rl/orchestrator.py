@@ -237,7 +237,7 @@ def run_stage2(
         rng = random.Random(cfg.seed * 1_000_003 + step)  # the same data order on resume
         chosen = rng.sample(prompts, min(s.prompts_per_step, len(prompts)))
         batch_prompts = [p for p in chosen for _ in range(s.samples_per_prompt)]
-        gens = [g for g in pools.generate_rollouts(batch_prompts) if g.response_ids]
+        gens = [g for g in pools.generate_rollouts(batch_prompts, step) if g.response_ids]
         t1 = time.perf_counter()
         pairs = [(g.prompt_ids, g.response_ids) for g in gens]
         if s.loss == "topk_kl":

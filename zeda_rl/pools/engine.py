@@ -86,13 +86,19 @@ def sample(
     max_tokens: int,
     stop_token_ids: list[int],
     capture_routes: bool = False,
+    seed: int | None = None,
 ) -> list[Generation]:
     """One sampled response per prompt (repeat a prompt for several samples).
 
-    Randomness comes from the engine's seed (set at start-up); vLLM's per-request seeds
-    need generator offsets that CPU generators lack (chunked prefill fails with them).
+    Randomness comes from the engine's seed (set at start-up), or with ``seed`` from that
+    seed for this call alone: a resumed run then draws the same samples at each step as an
+    uninterrupted one. (vLLM's per-request seeds need generator offsets that CPU generators
+    lack: chunked prefill fails with them.)
     """
     from vllm import SamplingParams
+
+    if seed is not None:
+        llm.collective_rpc("zeda_reseed", args=(seed,))
 
     params = SamplingParams(
         temperature=temperature,

@@ -81,19 +81,29 @@ class ActorGroup:
         """The same call on every actor (a collective: a lost member fails it, GroupLost)."""
         return self.get_all([getattr(a, method).remote(*args, **kwargs) for a in self.actors])
 
-    def scatter(self, method: str, shares: Sequence, retry: bool = True, **kwargs) -> list:
-        """``method(share, **kwargs)`` on actor i for the i-th share; results in order."""
+    def scatter(
+        self,
+        method: str,
+        shares: Sequence,
+        retry: bool = True,
+        own: Sequence[dict] | None = None,
+        **kwargs,
+    ) -> list:
+        """``method(share, **kwargs, **own[i])`` on actor i for the i-th share, all at once;
+        results in order. ``own``: keyword arguments of each actor's call alone."""
         if len(shares) != len(self.actors):
             raise ValueError(f"{self.name}: {len(shares)} shares for {len(self.actors)} actors")
+        own = own or [{}] * len(self.actors)
+        calls = [{**kwargs, **extra} for extra in own]
         refs = [
-            getattr(a, method).remote(share, **kwargs)
-            for a, share in zip(self.actors, shares, strict=True)
+            getattr(a, method).remote(share, **call)
+            for a, share, call in zip(self.actors, shares, calls, strict=True)
         ]
         if not retry:
             return self.get_all(refs)
         return [
-            self._with_retry(rank, method, (share,), kwargs, first=ref)
-            for rank, (ref, share) in enumerate(zip(refs, shares, strict=True))
+            self._with_retry(rank, method, (share,), call, first=ref)
+            for rank, (ref, share, call) in enumerate(zip(refs, shares, calls, strict=True))
         ]
 
     def call_one(self, rank: int, method: str, *args, **kwargs):

@@ -185,17 +185,21 @@ class Pools:
         """A teacher call, retried on a fresh actor if the actor died or hung."""
         return self.teacher_group.call_one(0, method, *args, **kwargs)
 
-    def generate_rollouts(self, prompts: list[list[int]]) -> list:
+    def generate_rollouts(self, prompts: list[list[int]], step: int | None = None) -> list:
         """Prompts split over the rollout engines; a dead engine is replaced, given the
-        trainer's current weights, and its share retried."""
+        trainer's current weights, and its share retried. With ``step``, each engine draws
+        from a stream seeded by (run seed, step, engine): the same samples on a resume."""
         shares = split(prompts, len(self.rollout_group))
-        out = self.rollout_group.scatter(
-            "generate",
-            shares,
+        kwargs = dict(
             temperature=self.cfg.rollout.temperature,
             max_tokens=self.cfg.stage2.max_new_tokens,
             stop_token_ids=self.stop_ids,
         )
+        own = None
+        if step is not None:
+            base = (self.cfg.seed * 1_000_003 + step) * 1_009
+            own = [{"seed": base + i} for i in range(len(shares))]
+        out = self.rollout_group.scatter("generate", shares, own=own, **kwargs)
         return [g for part in out for g in part]
 
     def check_health(self) -> dict[str, list[int]]:

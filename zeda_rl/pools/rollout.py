@@ -34,6 +34,7 @@ class RolloutWorker(EngineWorker):
         temperature: float,
         max_tokens: int,
         stop_token_ids: list[int],
+        seed: int | None = None,
     ) -> list[Generation]:
         return sample(
             self.llm,
@@ -42,6 +43,7 @@ class RolloutWorker(EngineWorker):
             max_tokens=max_tokens,
             stop_token_ids=stop_token_ids,
             capture_routes=self.capture_routes,
+            seed=seed,
         )
 
     def score(

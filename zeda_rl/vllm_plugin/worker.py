@@ -56,6 +56,17 @@ class ZedaWorkerExtension:
             for r in recorder.take().values()
         ]
 
+    def zeda_reseed(self, seed: int) -> None:
+        """Restart the sampler's random stream at ``seed`` (the default generators vLLM
+        samples with when requests carry no seed of their own)."""
+        import random
+
+        import numpy as np
+
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+
     def zeda_load_weights(self, buckets: list[bytes]) -> int:
         """Load new weights (safetensors-serialised buckets of transformers-named tensors)
         in place through vLLM's reload path, which re-runs the per-layer post-processing
