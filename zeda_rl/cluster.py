@@ -30,6 +30,9 @@ def connect(cfg: RunConfig, runtime_env: dict | None = None) -> str | None:
             log_to_driver=False,
             ignore_reinit_error=True,
             runtime_env=runtime_env,
+            # Ray's start-up lines (token auth, "Started a local Ray instance") stay out of
+            # the console; the run prints the dashboard's address itself.
+            logging_level=logging.ERROR,
         )
     else:
         # A job submission's runtime_env (working_dir, env vars) is the job's default: only
