@@ -61,6 +61,15 @@ def test_a_cluster_without_the_resources_is_refused(overrides, nodes, message):
         validate_cluster(cfg, nodes)
 
 
+def test_prompts_longer_than_the_context_are_refused():
+    from zeda_rl.validation import ConfigError, validate_prompt_lengths
+
+    cfg = _cfg("rollout.max_model_len=256", "teacher.max_model_len=512")
+    validate_prompt_lengths(cfg, 100)  # 100 + 48 fits both
+    with pytest.raises(ConfigError, match="stage2.max_new_tokens=48 exceeds rollout.max_model"):
+        validate_prompt_lengths(cfg, 220)  # stage 1 (the teacher's 512) fits; stage 2 not
+
+
 def test_joining_a_cluster_skips_the_local_core_count():
     """resources.cpus_per_node describes this machine; a joined cluster is checked live."""
     cfg = _cfg("trainer.num_workers=8")

@@ -322,3 +322,38 @@ def test_cli_reports_errors_with_exit_code_2(tmp_path):
     )
     assert result.returncode == 2
     assert "error: --src" in result.stderr and "not a directory" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("config_more_experts", "has 8 rows, config says 16 experts"),
+        ("config_hidden_size", r"config says \[8, 128\] \(hidden_size\)"),
+        ("router_int32", "is I32, not floating point"),
+    ],
+)
+def test_rejects_a_checkpoint_that_disagrees_with_its_config(
+    tmp_path, static_checkpoints, damage, message
+):
+    """A config.json that lies about the shapes, or a router of the wrong dtype: refused
+    before anything is written."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    src = tmp_path / "src"
+    shutil.copytree(static_checkpoints["qwen3_moe"], src)
+    config = json.loads((src / "config.json").read_text())
+    if damage == "config_more_experts":
+        config["num_experts"] = 16
+    elif damage == "config_hidden_size":
+        config["hidden_size"] = 128
+    else:
+        tensors = load_file(src / "model.safetensors")
+        router = next(k for k in tensors if k.endswith("mlp.gate.weight"))
+        tensors[router] = tensors[router].to(torch.int32)
+        save_file(tensors, src / "model.safetensors", metadata={"format": "pt"})
+    (src / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConversionError, match=message):
+        convert(src, tmp_path / "out", **QUIET)
+    _assert_nothing_written(tmp_path, tmp_path / "out")

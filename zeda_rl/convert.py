@@ -72,6 +72,28 @@ def _num_routed_experts(config: dict[str, Any]) -> int:
     return 0
 
 
+_FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
+
+
+def _check_router_entry(shard: str, name: str, entry, config: dict[str, Any], num_real: int):
+    """A router tensor as the config describes it: N rows (of hidden_size for the weight),
+    floating point (its new rows are drawn from the old ones' statistics)."""
+    where = f"{shard}: router tensor {name}"
+    if entry.shape[0] != num_real:
+        raise ConversionError(f"{where} has {entry.shape[0]} rows, config says {num_real} experts")
+    if entry.dtype not in _FLOAT_DTYPES:
+        raise ConversionError(f"{where} is {entry.dtype}, not floating point")
+    if name.endswith(ROUTER_WEIGHT_SUFFIX):
+        hidden = int(config.get("hidden_size", 0))
+        if len(entry.shape) != 2 or entry.shape[1] != hidden:
+            raise ConversionError(
+                f"{where} has shape {list(entry.shape)}, config says [{num_real}, {hidden}] "
+                "(hidden_size)"
+            )
+    elif len(entry.shape) != 1:
+        raise ConversionError(f"{where} has shape {list(entry.shape)}, expected [{num_real}]")
+
+
 def _expected_moe_layers(config: dict[str, Any], family: str) -> int:
     layers = int(config["num_hidden_layers"])
     first_dense = get_family(family).first_dense_key
@@ -176,11 +198,7 @@ def plan_conversion(
     for shard in shards:
         for name, entry in shard.tensors.items():
             if name.endswith(ROUTER_WEIGHT_SUFFIX) or name.endswith(ROUTER_BIAS_SUFFIX):
-                if entry.shape[0] != num_real:
-                    raise ConversionError(
-                        f"{Path(shard.path).name}: router tensor {name} has {entry.shape[0]} rows, "
-                        f"config says {num_real} experts"
-                    )
+                _check_router_entry(Path(shard.path).name, name, entry, config, num_real)
                 router_keys.add(name)
     expected = _expected_moe_layers(config, model_type)
     found = sum(1 for k in router_keys if k.endswith(ROUTER_WEIGHT_SUFFIX))

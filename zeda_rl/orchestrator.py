@@ -58,11 +58,13 @@ def run_pipeline(cfg: RunConfig, teacher_dir: Path, student_dir: Path, run_dir: 
     from zeda_rl.pools.group import GroupLost
     from zeda_rl.pools.placement import Pools
     from zeda_rl.tracking import Tracker
+    from zeda_rl.validation import validate_prompt_lengths
 
     tokenizer = AutoTokenizer.from_pretrained(student_dir)
     prompts = tokenize_prompts(
         tokenizer, build_prompts(active_mix(cfg.prompts.mix), cfg.prompts.seed)
     )
+    validate_prompt_lengths(cfg, max(len(p) for p in prompts))
     stop_ids = _stop_ids(student_dir)
     dashboard = connect(cfg, _runtime_env(cfg))
     log.info("Ray dashboard: %s", dashboard or "(not served to this driver)")

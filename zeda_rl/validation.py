@@ -336,3 +336,21 @@ def _asks(cfg: RunConfig, name: str) -> str:
         tuple(p.custom_resources.get(name, 0.0) for p in (r, t, tr)),
     )
     return f"{r.num_workers}x{per[0]:g}, {per[1]:g}, {tr.num_workers}x{per[2]:g}"
+
+
+def validate_prompt_lengths(cfg: RunConfig, longest_prompt: int) -> None:
+    """Every prompt with its longest response fits the engines' context (checked once the
+    prompts are tokenized, before any actor starts)."""
+    stages = [("stage1", cfg.stage1), ("stage2", cfg.stage2)]
+    for stage, s in stages:
+        if not s.enabled:
+            continue
+        for pool in ("rollout", "teacher"):
+            limit = getattr(cfg, pool).max_model_len
+            if stage == "stage1" and pool == "rollout":
+                continue  # stage 1 generates with the teacher only
+            if longest_prompt + s.max_new_tokens > limit:
+                _fail(
+                    f"the longest prompt ({longest_prompt} tokens) + {stage}.max_new_tokens="
+                    f"{s.max_new_tokens} exceeds {pool}.max_model_len={limit}"
+                )
