@@ -119,3 +119,6 @@ def quiet_third_party() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    # Errors only: e.g. the tokenizer's "sequence length is longer than the specified
+    # maximum" on long benchmark prompts (the engines enforce their own context).
+    hf_logging.set_verbosity_error()

@@ -70,6 +70,8 @@ def vllm_engine(
         distributed_executor_backend="uni" if tensor_parallel_size == 1 else None,
         # Eager by default: compiling costs more start-up than it saves on small runs.
         enforce_eager=engine_kwargs.pop("enforce_eager", True),
+        # One checkpoint-loading bar per engine start is noise in a run's console.
+        use_tqdm_on_load=engine_kwargs.pop("use_tqdm_on_load", False),
         **engine_kwargs,
     )
 
