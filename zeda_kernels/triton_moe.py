@@ -173,6 +173,13 @@ def _expert_block(block_expert_ptr, sorted_ptr, num_slots, BLOCK_M: tl.constexpr
 
 
 @triton.jit
+def _row_tile(ptr, rows, stride, cols, mask):
+    """``ptr[rows, cols]`` of a row-major matrix with rows of ``stride`` elements; 0 outside
+    ``mask``."""
+    return tl.load(ptr + rows[:, None].to(tl.int64) * stride + cols[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
 def _mma(acc, a, b, IEEE: tl.constexpr):
     """``acc + a @ b``; IEEE: exact fp32 products (fp32 inputs), else the default (TF32)."""
     if IEEE:
@@ -218,11 +225,7 @@ def _gate_up_kernel(
     for k0 in range(0, hidden, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < hidden
-        a = tl.load(
-            x_ptr + tokens[:, None].to(tl.int64) * stride_xt + ks[None, :],
-            mask=valid[:, None] & k_ok[None, :],
-            other=0.0,
-        )
+        a = _row_tile(x_ptr, tokens, stride_xt, ks, valid[:, None] & k_ok[None, :])
         w_mask = k_ok[:, None] & col_ok[None, :]
         w_gate = tl.load(w_base + cols[None, :] * stride_wn + ks[:, None], mask=w_mask, other=0.0)
         w_up = tl.load(
@@ -284,11 +287,7 @@ def _rows_times_expert_kernel(
     for k0 in range(0, k_dim, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < k_dim
-        a = tl.load(
-            a_ptr + rows[:, None].to(tl.int64) * stride_ap + ks[None, :],
-            mask=valid[:, None] & k_ok[None, :],
-            other=0.0,
-        )
+        a = _row_tile(a_ptr, rows, stride_ap, ks, valid[:, None] & k_ok[None, :])
         w = tl.load(
             w_base + ks[:, None] * stride_wk + cols[None, :] * stride_wn,
             mask=k_ok[:, None] & col_ok[None, :],
@@ -362,14 +361,8 @@ def _bwd_rows_kernel(
         k_ok = ks < hidden
         row_mask = valid[:, None] & k_ok[None, :]
         w_mask = k_ok[:, None] & col_ok[None, :]
-        x = tl.load(
-            x_ptr + tokens[:, None].to(tl.int64) * stride_xt + ks[None, :], mask=row_mask, other=0.0
-        ).to(tl.float32)
-        do = tl.load(
-            dout_ptr + tokens[:, None].to(tl.int64) * stride_dt + ks[None, :],
-            mask=row_mask,
-            other=0.0,
-        ).to(tl.float32)
+        x = _row_tile(x_ptr, tokens, stride_xt, ks, row_mask).to(tl.float32)
+        do = _row_tile(dout_ptr, tokens, stride_dt, ks, row_mask).to(tl.float32)
         wg = tl.load(gu_base + cols[None, :] * stride_gun + ks[:, None], mask=w_mask, other=0.0).to(
             tl.float32
         )
@@ -440,16 +433,10 @@ def _bwd_expert_weight_kernel(
         tokens = slots // top_k
         left_rows = tokens if LEFT_BY_TOKEN else rows
         right_rows = tokens if RIGHT_BY_TOKEN else rows
-        left = tl.load(
-            left_ptr + left_rows[:, None].to(tl.int64) * stride_left + ns[None, :],
-            mask=ok[:, None] & (ns[None, :] < left_cols),
-            other=0.0,
-        ).to(tl.float32)
-        right = tl.load(
-            right_ptr + right_rows[:, None].to(tl.int64) * stride_right + ks[None, :],
-            mask=ok[:, None] & (ks[None, :] < right_cols),
-            other=0.0,
-        ).to(tl.float32)
+        left_mask = ok[:, None] & (ns[None, :] < left_cols)
+        right_mask = ok[:, None] & (ks[None, :] < right_cols)
+        left = _row_tile(left_ptr, left_rows, stride_left, ns, left_mask).to(tl.float32)
+        right = _row_tile(right_ptr, right_rows, stride_right, ks, right_mask).to(tl.float32)
         acc = _mma(acc, tl.trans(left), right, IEEE)
     tl.store(
         out_ptr + expert.to(tl.int64) * stride_oe + ns[:, None] * stride_or + ks[None, :],
