@@ -17,6 +17,7 @@ class Pools:
         from ray.util.placement_group import placement_group
 
         self.cfg, self.teacher_dir, self.student_dir = cfg, teacher_dir, student_dir
+        self.trainer_weights_dir = student_dir  # a checkpoint after a rebuild
         self.stop_ids = stop_ids
         r, tr = cfg.rollout, cfg.trainer
         self.group = placement_group(
@@ -59,7 +60,7 @@ class Pools:
         with the checkpoint's optimizer state when ``optimizer``; the engines get its
         weights."""
         self.trainer_group.kill()
-        self.student_dir = weights_dir
+        self.trainer_weights_dir = weights_dir  # the engines keep theirs: weights are pushed
         self.trainer_group = ActorGroup(
             "trainer",
             self._trainer_factory(self.cfg.rollout.num_workers + 1),
@@ -145,7 +146,7 @@ class Pools:
                 tr.gpus_per_worker,
                 first_bundle + rank,
             ).remote(
-                str(self.student_dir),
+                str(self.trainer_weights_dir),
                 backend=tr.backend,
                 spec=RankSpec(
                     rank=rank,
