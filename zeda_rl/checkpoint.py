@@ -192,9 +192,10 @@ class ResumePoint:
 def resume_point(cfg: RunConfig, run_dir: Path, log=print) -> ResumePoint | None:
     """The newest verified checkpoint of the run and the steps it resumes at; None (and a
     warning) when there is none."""
-    found = latest_checkpoint(checkpoint_root(cfg, run_dir), log=log)
+    root = checkpoint_root(cfg, run_dir)
+    found = latest_checkpoint(root, log=log)
     if found is None:
-        log("checkpoint.resume=true but no valid checkpoint found: starting fresh")
+        log(f"no valid checkpoint under {root}: starting from the converted student")
         return None
     path, state = found
     if state["stage"] == "stage1" and not state.get("stage_complete"):
