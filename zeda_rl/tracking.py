@@ -112,6 +112,9 @@ def quiet_third_party() -> None:
     import warnings
 
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    # The engines' processes start after this: torch's C++ warnings (vLLM's CPU worker prints
+    # a NUMA-binding one per engine start) stay out of their output too.
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     for name in ("vllm", "ray", "transformers", "torch.distributed"):
         logging.getLogger(name).setLevel(logging.WARNING)
     # vLLM's Triton helpers touch a deprecated torch alias on every import.
