@@ -71,8 +71,8 @@ class TrainerWorker:
 
         from zeda_rl.weight_sync.object_store import bucketize
 
-        self.backend.check_finite_weights("a weight sync")
-        buckets = bucketize(self.backend.named_tensors(), bucket_mb)
+        # Every bucket is built (and every tensor checked) before any reaches the store.
+        buckets = bucketize(self.backend.finite_tensors("a weight sync"), bucket_mb)
         return [ray.put(b) for b in buckets] if self.rank == 0 else []
 
     def connect_weight_transfer(

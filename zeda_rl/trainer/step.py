@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
@@ -200,14 +201,21 @@ class StepBackend:
         metrics["skipped_step"] = 0.0 if finite else 1.0
         return metrics
 
-    def check_finite_weights(self, what: str) -> None:
-        """Refuse to let a non-finite weight reach ``what`` (a checkpoint, a weight sync)."""
+    def finite_tensors(self, what: str) -> Iterator[tuple[str, torch.Tensor]]:
+        """``named_tensors``, refusing (FloatingPointError) a non-finite weight on its way
+        to ``what`` (a checkpoint, a weight sync): one pass serves the check and the copy."""
         for name, tensor in self.named_tensors():
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                 raise FloatingPointError(
                     f"rank {self.rank}: weight {name} holds non-finite values; refusing to "
                     f"write it into {what}"
                 )
+            yield name, tensor
+
+    def check_finite_weights(self, what: str) -> None:
+        """Refuse to let a non-finite weight reach ``what``, before it is written."""
+        for _ in self.finite_tensors(what):
+            pass
 
     def _optimizer_step(self) -> None:
         if not self.optim.offload:
