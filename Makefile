@@ -54,8 +54,8 @@ frontier: install
 	$(PY) bench/quality_frontier.py --run $(RUN)
 
 lint: install
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check --no-cache .
+	$(VENV)/bin/ruff format --no-cache --check .
 
 format: install
 	$(VENV)/bin/ruff check --fix .

@@ -32,6 +32,7 @@ import json
 import statistics
 
 import torch
+
 from zeda_kernels.model_shapes import MOE_SHAPES, synthetic_routes
 
 
@@ -136,6 +137,7 @@ def bench_moe(model: str, tokens_list, rates, routings) -> list[dict]:
 def bench_layer_stack(layers: int, tokens: int) -> list[dict]:
     """Attention (SDPA, GQA 32q/4kv heads of 128) + ZEDA MoE per layer, Qwen3-30B-A3B."""
     import torch.nn.functional as F
+
     from zeda_kernels.moe_dispatch import grouped_experts_forward
 
     shape = MOE_SHAPES["qwen3"]

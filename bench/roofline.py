@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 import torch
+
 from zeda_kernels.gpu_arch import DEVICES, GpuPeaks
 from zeda_kernels.model_shapes import MOE_SHAPES, MoeShape, synthetic_routes
 

@@ -112,7 +112,6 @@ def assert_model_matches_reference_on(backend: str, family: str, tmp_path, monke
     """A converted tiny ZEDA model of ``family`` with its experts on ``backend`` ('auto'
     forced to it): the torch reference's logits and every parameter gradient."""
     from zeda_kernels import moe_dispatch
-
     from zeda_rl.convert import convert
     from zeda_rl.models.registry import load_zeda_model
 

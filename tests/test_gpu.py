@@ -81,9 +81,9 @@ def test_experts_backends_on_cuda_match_the_reference(backend):
     (128 + 64 experts, top-8, ~50 % zero picks): output and gradients vs the torch reference
     in fp32."""
     import torch
-    from zeda_kernels import backend_unavailable, grouped_experts_forward
 
     from tests.conftest import moe_case
+    from zeda_kernels import backend_unavailable, grouped_experts_forward
 
     why = backend_unavailable(backend, cuda=True)
     if why is not None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from zeda_kernels import group_real_slots, grouped_experts_forward
 
+from zeda_kernels import group_real_slots, grouped_experts_forward
 from zeda_rl.models import ZedaGlm4MoeLiteConfig, ZedaQwen3MoeConfig
 from zeda_rl.models.moe_block import ZedaSigmoidMoeBlock, ZedaSoftmaxMoeBlock
 from zeda_rl.models.tiny import tiny_glm4_moe_lite_config, tiny_qwen3_moe_config

@@ -19,10 +19,9 @@ if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
 triton_moe = pytest.importorskip("zeda_kernels.triton_moe")
 
-from zeda_kernels.moe_dispatch import grouped_experts_forward  # noqa: E402
-
 from tests.conftest import MOE_CASES as CASES  # noqa: E402
 from tests.conftest import moe_case as _case  # noqa: E402
+from zeda_kernels.moe_dispatch import grouped_experts_forward  # noqa: E402
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
