@@ -63,7 +63,11 @@ def timed(fn, repeats: int = 20) -> float:
 
 
 def bench_moe(model: str, tokens_list, rates, routings) -> list[dict]:
-    from zeda_kernels.moe_dispatch import backend_unavailable, grouped_experts_forward
+    from zeda_kernels.moe_dispatch import (
+        ExpertsCall,
+        backend_unavailable,
+        grouped_experts_forward,
+    )
     from zeda_kernels.triton_moe import fused_experts_forward
 
     have_te = backend_unavailable("te", cuda=True) is None
@@ -97,8 +101,9 @@ def bench_moe(model: str, tokens_list, rates, routings) -> list[dict]:
                 }
                 variants["fused_atomic"] = functools.partial(
                     fused_experts_forward,
-                    x, ids, weights, gate_up, down, num_real_experts=n, deterministic=False,
-                )  # fmt: skip
+                    ExpertsCall(x, ids, weights, gate_up, down, n),
+                    deterministic=False,
+                )
                 if have_te:
                     variants["te"] = functools.partial(
                         run, x, ids, weights, gate_up, down, backend="te"

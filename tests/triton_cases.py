@@ -21,7 +21,7 @@ triton_moe = pytest.importorskip("zeda_kernels.triton_moe")
 
 from tests.conftest import MOE_CASES as CASES  # noqa: E402
 from tests.conftest import moe_case as _case  # noqa: E402
-from zeda_kernels.moe_dispatch import grouped_experts_forward  # noqa: E402
+from zeda_kernels.moe_dispatch import ExpertsCall, grouped_experts_forward  # noqa: E402
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -96,7 +96,7 @@ def test_forward_atomic_accumulation_matches_reference(name):
     n = CASES[name]["num_real"]
     ref = grouped_experts_forward(x, ids, w, gate_up, down, num_real_experts=n, backend="torch")
     out = triton_moe.fused_experts_forward(
-        x, ids, w, gate_up, down, num_real_experts=n, deterministic=False
+        ExpertsCall(x, ids, w, gate_up, down, n), deterministic=False
     )
     assert out.dtype == x.dtype
     assert torch.allclose(out, ref, atol=1e-5, rtol=0), (out - ref).abs().max()
@@ -113,7 +113,7 @@ def test_forward_matches_reference_bf16_and_large_blocks():
     assert torch.allclose(out.float(), ref, atol=3e-2, rtol=3e-2)
     # The prefill block shape (BLOCK_M 64) gives the same answer.
     big = triton_moe.fused_experts_forward(
-        x, ids, w, gate_up, down, num_real_experts=n, blocks=(64, 64, 32)
+        ExpertsCall(x, ids, w, gate_up, down, n), blocks=(64, 64, 32)
     )
     assert torch.allclose(big, ref, atol=1e-5, rtol=0)
 

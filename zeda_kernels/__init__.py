@@ -10,6 +10,7 @@ an expert matmul. Backends: ``torch`` (the plain-torch grouped reference, here),
 from zeda_kernels.moe_dispatch import (
     BACKEND_ENV,
     EXPERT_BACKENDS,
+    ExpertsCall,
     RealSlotGroups,
     backend_unavailable,
     group_real_slots,
@@ -19,6 +20,7 @@ from zeda_kernels.moe_dispatch import (
 
 __all__ = [
     "BACKEND_ENV",
+    "ExpertsCall",
     "EXPERT_BACKENDS",
     "RealSlotGroups",
     "backend_unavailable",

@@ -41,6 +41,7 @@ import torch
 
 from zeda_kernels.gpu_arch import ARCHS, GpuArch
 from zeda_kernels.model_shapes import MOE_SHAPES, MoeShape
+from zeda_kernels.moe_dispatch import ExpertsCall
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # Forward kernels must not spill at any config the autotuner may pick (issue 16).
@@ -197,13 +198,11 @@ def launch_units(
     weights = torch.empty(tokens, shape.top_k, **meta)
     gate_up = torch.empty(shape.real_experts, 2 * shape.inter, shape.hidden, **meta)
     down = torch.empty(shape.real_experts, shape.hidden, shape.inter, **meta)
-    common = dict(num_real_experts=shape.real_experts)
+    call = ExpertsCall(hidden, ids, weights, gate_up, down, shape.real_experts)
     with _recorded_launches() as calls:
         for deterministic in (True, False):
-            triton_moe.fused_experts_forward(
-                hidden, ids, weights, gate_up, down, deterministic=deterministic, **common
-            )
-        triton_moe.fused_experts_backward(hidden, hidden, ids, weights, gate_up, down, **common)
+            triton_moe.fused_experts_forward(call, deterministic=deterministic)
+        triton_moe.fused_experts_backward(hidden, call)
     units = []
     for jit_fn, args, kwargs, configs in calls:
         if configs is None:

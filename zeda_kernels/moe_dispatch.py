@@ -21,9 +21,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+
+
+class ExpertsCall(NamedTuple):
+    """One MoE layer's expert work, as every backend receives it (shapes and meaning as in
+    ``grouped_experts_forward``)."""
+
+    hidden: torch.Tensor  # [T, H]
+    topk_ids: torch.Tensor  # [T, K]; ids >= num_real_experts are zero experts
+    topk_weights: torch.Tensor  # [T, K]
+    gate_up_proj: torch.Tensor  # [N, 2I, H]
+    down_proj: torch.Tensor  # [N, H, I]
+    num_real_experts: int
 
 
 @dataclass(frozen=True)
@@ -87,29 +100,32 @@ def _torch_grouped(
     return out
 
 
-def _torch_backend(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, num_real, activation):
-    groups = group_real_slots(topk_ids, num_real)
+def _torch_backend(call: ExpertsCall, activation) -> torch.Tensor:
+    groups = group_real_slots(call.topk_ids, call.num_real_experts)
     return _torch_grouped(
-        hidden, groups, topk_weights.reshape(-1), gate_up_proj, down_proj, activation
+        call.hidden,
+        groups,
+        call.topk_weights.reshape(-1),
+        call.gate_up_proj,
+        call.down_proj,
+        activation,
     )
 
 
-def _triton_backend(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, num_real, activation):
+def _triton_backend(call: ExpertsCall, activation) -> torch.Tensor:
     from zeda_kernels.triton_moe import fused_experts
 
-    return fused_experts(
-        hidden, topk_ids, topk_weights, gate_up_proj, down_proj, num_real, activation
-    )
+    return fused_experts(call)
 
 
-def _te_backend(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, num_real, activation):
+def _te_backend(call: ExpertsCall, activation) -> torch.Tensor:
     from zeda_kernels.te_moe import te_experts
 
-    return te_experts(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, num_real, activation)
+    return te_experts(call)
 
 
-# name -> fn(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, num_real, activation)
-EXPERT_BACKENDS: dict[str, Callable[..., torch.Tensor]] = {
+# name -> fn(call, activation); only the torch reference takes an activation other than SiLU.
+EXPERT_BACKENDS: dict[str, Callable[[ExpertsCall, Callable], torch.Tensor]] = {
     "torch": _torch_backend,  # the reference: any device, autograd
     "triton": _triton_backend,  # fused Triton kernels (CUDA; TRITON_INTERPRET=1 on CPU)
     "te": _te_backend,  # transformer-engine's permute + GroupedLinear (CUDA, TE >= 2.1)
@@ -228,9 +244,8 @@ def grouped_experts_forward(
         ) from None
     if backend != "torch" and not is_silu(activation):
         raise ValueError(f"the {backend} experts backend implements SiLU-gated experts only")
-    return impl(
-        hidden, topk_ids, topk_weights, gate_up_proj, down_proj, num_real_experts, activation
-    )
+    call = ExpertsCall(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, num_real_experts)
+    return impl(call, activation)
 
 
 # Registered at import (a compiler tracing the model must find the op, not its definition).

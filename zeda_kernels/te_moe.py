@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zeda_kernels.moe_dispatch import ExpertsCall
+
 
 @cache
 def _te():
@@ -81,17 +83,10 @@ def _grouped_linear(num_experts: int, in_features: int, out_features: int, devic
     return _StackedGroupedLinear(num_experts, in_features, out_features, device, dtype)
 
 
-def te_experts(
-    hidden: torch.Tensor,
-    topk_ids: torch.Tensor,
-    topk_weights: torch.Tensor,
-    gate_up_proj: torch.Tensor,
-    down_proj: torch.Tensor,
-    num_real: int,
-    activation,
-) -> torch.Tensor:
+def te_experts(call: ExpertsCall) -> torch.Tensor:
     """``EXPERT_BACKENDS["te"]``: differentiable, SiLU-gated experts only (the dispatcher
-    checks ``activation``); zero picks never reach a GEMM."""
+    checks the activation); zero picks never reach a GEMM."""
+    hidden, topk_ids, topk_weights, gate_up_proj, down_proj, num_real = call
     te = _te()
     real = topk_ids < num_real
     ids = torch.where(real, topk_ids, num_real).to(torch.int32)

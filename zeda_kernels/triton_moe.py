@@ -34,6 +34,8 @@ import torch
 import triton
 import triton.language as tl
 
+from zeda_kernels.moe_dispatch import ExpertsCall
+
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -446,18 +448,11 @@ def _bwd_expert_weight_kernel(
 
 
 def fused_experts_backward(
-    grad_out: torch.Tensor,
-    hidden: torch.Tensor,
-    topk_ids: torch.Tensor,
-    topk_weights: torch.Tensor,
-    gate_up_proj: torch.Tensor,
-    down_proj: torch.Tensor,
-    *,
-    num_real_experts: int,
-    blocks: tuple[int, int, int] | None = None,
+    grad_out: torch.Tensor, call: ExpertsCall, *, blocks: tuple[int, int, int] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients ``(d hidden, d topk_weights, d gate_up_proj, d down_proj)`` of
     ``fused_experts_forward``, on the same real-slot grouping (zero picks get none)."""
+    hidden, topk_ids, topk_weights, gate_up_proj, down_proj, _ = call
     tokens, top_k = topk_ids.shape
     num_real, two_inter, size = gate_up_proj.shape
     inter = two_inter // 2
@@ -646,13 +641,8 @@ def default_blocks(tokens_x_k: int, dtype: torch.dtype) -> tuple[int, int, int]:
 
 
 def fused_experts_forward(
-    hidden: torch.Tensor,
-    topk_ids: torch.Tensor,
-    topk_weights: torch.Tensor,
-    gate_up_proj: torch.Tensor,
-    down_proj: torch.Tensor,
+    call: ExpertsCall,
     *,
-    num_real_experts: int,
     blocks: tuple[int, int, int] | None = None,
     deterministic: bool = True,
 ) -> torch.Tensor:
@@ -664,6 +654,7 @@ def fused_experts_forward(
     into the output instead of combining per-pick rows (no row buffer; summation order, and
     so the last bits, vary from run to run).
     """
+    hidden, topk_ids, topk_weights, gate_up_proj, down_proj, num_real_experts = call
     tokens, top_k = topk_ids.shape
     num_real, two_inter, size = gate_up_proj.shape
     inter = two_inter // 2
@@ -764,35 +755,23 @@ class _FusedExperts(torch.autograd.Function):
         ctx.num_real = num_real
         weights = slot_weights.view(topk_ids.shape)
         return fused_experts_forward(
-            hidden, topk_ids, weights, gate_up_proj, down_proj, num_real_experts=num_real
+            ExpertsCall(hidden, topk_ids, weights, gate_up_proj, down_proj, num_real)
         )
 
     @staticmethod
     def backward(ctx, grad_out):
         hidden, topk_ids, slot_weights, gate_up_proj, down_proj = ctx.saved_tensors
+        weights = slot_weights.view(topk_ids.shape)
         d_hidden, d_weights, d_gate_up, d_down = fused_experts_backward(
-            grad_out,
-            hidden,
-            topk_ids,
-            slot_weights.view(topk_ids.shape),
-            gate_up_proj,
-            down_proj,
-            num_real_experts=ctx.num_real,
+            grad_out, ExpertsCall(hidden, topk_ids, weights, gate_up_proj, down_proj, ctx.num_real)
         )
         return d_hidden, None, d_weights.reshape(-1), d_gate_up, d_down, None
 
 
-def fused_experts(
-    hidden: torch.Tensor,
-    topk_ids: torch.Tensor,
-    topk_weights: torch.Tensor,
-    gate_up_proj: torch.Tensor,
-    down_proj: torch.Tensor,
-    num_real: int,
-    activation,
-) -> torch.Tensor:
+def fused_experts(call: ExpertsCall) -> torch.Tensor:
     """``EXPERT_BACKENDS["triton"]``: differentiable, SiLU-gated experts only (the
-    dispatcher checks ``activation``)."""
+    dispatcher checks the activation)."""
+    hidden, topk_ids, topk_weights, gate_up_proj, down_proj, num_real = call
     return _FusedExperts.apply(
         hidden, topk_ids, topk_weights.reshape(-1), gate_up_proj, down_proj, num_real
     )
