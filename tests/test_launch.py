@@ -269,6 +269,7 @@ def test_dry_run_plan_checks_the_configured_gpus():
         ("logging.log_every=-1", "logging.log_every=-1"),
         ("stage2.betas=[0.9]", "stage2.betas=[0.9]"),
         ("stage2.ppo_clip=0", "stage2.ppo_clip=0.0 must be > 0"),
+        ("stage2.lr_decay_ratio=1.5", "stage2.lr_decay_ratio=1.5 must be in [0, 1]"),
         ("trainer.grad_clip=-1", "trainer.grad_clip=-1.0 must be > 0"),
         ("resources.timeout_s=0", "resources.timeout_s=0.0 must be > 0"),
         ("resources.gpu_memory_gib=0", "resources.gpu_memory_gib=0.0 must be > 0"),

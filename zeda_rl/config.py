@@ -164,6 +164,9 @@ class Stage2Config:
     prompts_per_step: int = 16
     samples_per_prompt: int = 2
     lr: float = 5e-6
+    # The method's lr is constant; > 0 anneals it (cosine to ~0) over this final share of
+    # the steps, a tiny-scale option against the noise of small batches.
+    lr_decay_ratio: float = 0.0
     # Stage 2's own Adam settings (its moments always start fresh; method.md's values).
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     weight_decay: float = 0.1

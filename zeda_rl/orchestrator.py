@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from zeda_rl.config import RunConfig, active_mix
+from zeda_rl.lr_schedules import constant_then_cosine_lr, cosine_lr
 from zeda_rl.trainer.batch import Sample
 
 if TYPE_CHECKING:
@@ -255,7 +256,8 @@ def run_stage2(
                 for g, lp in zip(gens, teacher_lp, strict=True)
             ]
         t2 = time.perf_counter()
-        metrics = pools.train(samples, s.loss, s.lr)
+        lr = constant_then_cosine_lr(step, s.steps, s.lr, s.lr_decay_ratio)
+        metrics = pools.train(samples, s.loss, lr)
         guard.after(step, metrics)
         t3 = time.perf_counter()
         sync = pools.sync_weights()
@@ -263,7 +265,7 @@ def run_stage2(
         tokens = sum(len(x.response_ids) for x in samples)
         last = {
             **metrics,
-            "lr": s.lr,
+            "lr": lr,
             "response_tokens": tokens,
             "rollout_s": t1 - t0,
             "teacher_s": t2 - t1,
@@ -335,15 +337,6 @@ def check_sync(cfg: RunConfig, pools: Pools, probe: list[Sample]) -> float:
             f"{cfg.weight_sync.check_outlier_share})"
         )
     return max(diffs)
-
-
-def cosine_lr(step: int, total: int, peak: float, warmup_ratio: float) -> float:
-    """Linear warm-up over ``warmup_ratio`` of the steps, then cosine to 0 (method.md 3)."""
-    warmup = max(1, round(total * warmup_ratio))
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def _dashboard_actors(url: str) -> dict[str, str]:

@@ -204,6 +204,8 @@ def validate(cfg: RunConfig) -> None:
         )
     if not 0 <= cfg.stage1.warmup_ratio < 1:
         _fail(f"stage1.warmup_ratio={cfg.stage1.warmup_ratio} must be in [0, 1)")
+    if not 0 <= cfg.stage2.lr_decay_ratio <= 1:
+        _fail(f"stage2.lr_decay_ratio={cfg.stage2.lr_decay_ratio} must be in [0, 1]")
     if cfg.resources.health_check_every < 0 or cfg.resources.health_check_timeout_s <= 0:
         _fail(
             f"resources.health_check_every={cfg.resources.health_check_every} (steps >= 0) / "
