@@ -185,6 +185,13 @@ def test_calibrate_hits_its_target_and_writes_a_copy(tokenized_student, capsys):
     assert "no such task family" in capsys.readouterr().err
 
 
+def test_calibrate_refuses_a_static_model(static_checkpoints, capsys):
+    """A model without zero experts passed where a ZEDA student belongs: one line, exit 2."""
+    static = str(static_checkpoints["qwen3_moe"])
+    assert calibrate_main(["--model", static, "--target-zero-share", "0.5"]) == 2
+    assert "not a ZEDA checkpoint" in capsys.readouterr().err
+
+
 def test_eval_cli_refuses_a_bad_dial(static_checkpoints, capsys):
     from zeda_rl.eval.__main__ import main
 

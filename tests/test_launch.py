@@ -169,13 +169,18 @@ def _refusal(err: BaseException) -> str:
 
 
 def test_a_refused_config_is_one_line_and_exit_code_2(tmp_path):
-    """Through the real launcher: one line naming the field, no traceback, nothing written
-    but Hydra's own record of the call."""
+    """Through the real launcher: one line naming the field, no traceback, and a refused
+    relaunch into an existing run's folder leaves its record (.hydra/) as it was."""
+    record = tmp_path / "run" / ".hydra"
+    record.mkdir(parents=True)
+    (record / "overrides.yaml").write_text("- the run's own record\n")
     result = _launch(tmp_path, "+experiment=tiny", "stage2.lr=-1")
     assert result.returncode == 2
     assert result.stderr.strip() == "zeda_rl: bad config: stage2.lr=-1.0: a learning rate > 0"
     assert "Traceback" not in result.stdout + result.stderr
     assert {p.name for p in (tmp_path / "run").iterdir()} <= {".hydra", "launch.log"}
+    assert [p.name for p in record.iterdir()] == ["overrides.yaml"]
+    assert (record / "overrides.yaml").read_text() == "- the run's own record\n"
 
 
 @pytest.mark.parametrize("experiment", ["qwen3_30b_a3b", "glm47"])
@@ -190,6 +195,11 @@ def test_big_presets_plan_without_weights(tmp_path, experiment):
     assert 29 < plan["parameters_billion"]["total"] < 32
     assert "8x H200 (141 GiB each): fits" in result.stdout
     assert not (tmp_path / "run" / "student").exists()
+    # The launcher's record of the call, as Hydra writes it (bench/ reads it back).
+    record = tmp_path / "run" / ".hydra"
+    assert f"+experiment={experiment}" in (record / "overrides.yaml").read_text()
+    assert "dry_run: true" in (record / "config.yaml").read_text()
+    assert (record / "hydra.yaml").exists() and not (tmp_path / "run" / ".hydra.tmp").exists()
 
 
 def test_wandb_sweep_file_names_real_config_fields(tmp_path):

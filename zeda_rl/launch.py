@@ -282,6 +282,29 @@ def checked_config(dict_cfg: DictConfig) -> RunConfig:
     return cfg
 
 
+def record_hydra_call(dict_cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path) -> None:
+    """``<run>/.hydra/``, as Hydra writes it (config.yaml, hydra.yaml, overrides.yaml), but
+    only for a config that passed its checks (conf/config.yaml turns Hydra's own copy off);
+    swapped in whole, so a reader never sees half of a relaunch's record."""
+    import shutil
+
+    tmp = run_dir / ".hydra.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / "config.yaml").write_text(OmegaConf.to_yaml(dict_cfg))
+    (tmp / "hydra.yaml").write_text(OmegaConf.to_yaml({"hydra": hydra_cfg}))
+    (tmp / "overrides.yaml").write_text(OmegaConf.to_yaml(hydra_cfg.overrides.task))
+    final = run_dir / ".hydra"
+    if final.exists():
+        old = run_dir / ".hydra.old"
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(final)
+
+
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(dict_cfg: DictConfig) -> None:
     try:
@@ -292,11 +315,13 @@ def main(dict_cfg: DictConfig) -> None:
     from zeda_rl.tracking import quiet_third_party
 
     quiet_third_party()
+    hydra_cfg = hydra.core.hydra_config.HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    record_hydra_call(dict_cfg, hydra_cfg, run_dir)
     if cfg.kernels.experts_backend != "auto":
         from zeda_kernels import BACKEND_ENV
 
         os.environ[BACKEND_ENV] = cfg.kernels.experts_backend  # this process's evaluations
-    run_dir = Path(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
     print(f"zeda_rl: experiment {cfg.name}, output {run_dir}")
     if cfg.dry_run:
         print(OmegaConf.to_yaml(dict_cfg))
