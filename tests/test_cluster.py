@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 
 from tests.test_launch import _compose
+
+REPO = Path(__file__).resolve().parents[1]
 
 HEAD = {"CPU": 2.0, "memory": 8e9, "node:127.0.0.1": 1.0, "head": 10.0}
 WORKER = {"CPU": 2.0, "memory": 8e9, "node:127.0.0.2": 1.0, "other": 10.0}
@@ -79,10 +82,12 @@ def test_joining_a_cluster_skips_the_local_core_count():
 @pytest.mark.slow
 def test_pipeline_across_two_nodes_of_an_existing_cluster(tmp_path):
     """A two-node Ray cluster on this machine (the test starts and stops it); the tiny
-    pipeline joins it (ray.address=auto) with the rollout engine forced onto the second
-    node by a custom resource: both stages run, weights reach the other node, the logprob
-    check after each sync passes; a relaunch resumes from the run's checkpoint. A run that
-    asks for more than the cluster has is refused before any actor starts."""
+    pipeline, sent as a Ray job (`ray job submit --working-dir`: the code travels with the
+    job), joins it (ray.address=auto) with the rollout engine forced onto the second node
+    by a custom resource: both stages run, weights reach the other node, the logprob check
+    after each sync passes; a relaunch from this process resumes from the run's
+    checkpoint. A run that asks for more than the cluster has is refused before any actor
+    starts."""
     import json
     import os
     import subprocess
@@ -94,7 +99,7 @@ def test_pipeline_across_two_nodes_of_an_existing_cluster(tmp_path):
     cluster = Cluster(
         initialize_head=True,
         connect=False,
-        head_node_args={"num_cpus": 2, "resources": {"head": 10}},
+        head_node_args={"num_cpus": 2, "resources": {"head": 10}, "include_dashboard": True},
     )
     try:
         cluster.add_node(num_cpus=1, resources={"other": 10})
@@ -102,22 +107,25 @@ def test_pipeline_across_two_nodes_of_an_existing_cluster(tmp_path):
         env = {**os.environ, "RAY_ADDRESS": cluster.address, "ZEDA_CACHE_DIR": str(tmp_path)}
         run_dir = tmp_path / "run"
 
+        def command(*overrides: str, folder=run_dir) -> list[str]:
+            return [
+                sys.executable,
+                "-m",
+                "zeda_rl.launch",
+                *COMMON,
+                "ray.address=auto",
+                "resources.num_nodes=2",
+                "rollout.custom_resources={other:1}",
+                "teacher.custom_resources={head:1}",
+                "trainer.custom_resources={head:1}",
+                "weight_sync.check_logprobs=true",
+                *overrides,
+                f"hydra.run.dir={folder}",
+            ]
+
         def launch(*overrides: str, folder=run_dir) -> subprocess.CompletedProcess:
             return subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "zeda_rl.launch",
-                    *COMMON,
-                    "ray.address=auto",
-                    "resources.num_nodes=2",
-                    "rollout.custom_resources={other:1}",
-                    "teacher.custom_resources={head:1}",
-                    "trainer.custom_resources={head:1}",
-                    "weight_sync.check_logprobs=true",
-                    *overrides,
-                    f"hydra.run.dir={folder}",
-                ],
+                command(*overrides, folder=folder),
                 env=env,
                 capture_output=True,
                 text=True,
@@ -129,8 +137,28 @@ def test_pipeline_across_two_nodes_of_an_existing_cluster(tmp_path):
         assert "resources.num_nodes=3 but the Ray cluster has 2" in refused.stderr
         assert not (tmp_path / "refused" / "checkpoints").exists()
 
-        first = launch("stage2.steps=2")
-        assert first.returncode == 0, first.stderr[-4000:]
+        # The job carries the code (a copy of the repository, .gitignore'd paths left out) and
+        # the cache folder; its driver runs on the head from that copy.
+        job_env = {"env_vars": {"ZEDA_CACHE_DIR": str(tmp_path)}}
+        dashboard = cluster.head_node.address_info["webui_url"]
+        first = subprocess.run(
+            [
+                str(Path(sys.executable).parent / "ray"),
+                "job",
+                "submit",
+                f"--address=http://{dashboard}",
+                f"--working-dir={REPO}",
+                f"--runtime-env-json={json.dumps(job_env)}",
+                "--",
+                *command("stage2.steps=2"),
+            ],
+            env={**os.environ, "RAY_ADDRESS": f"http://{dashboard}"},
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
+        assert "succeeded" in first.stdout, first.stdout[-4000:]
         pipe = json.loads((run_dir / "summary.json").read_text())["pipeline"]
         assert pipe["stage2"]["last"]["sync_logprob_max_diff"] < 1e-3
         again = launch("stage2.steps=3", "checkpoint.resume=true")

@@ -76,7 +76,7 @@ def test_weight_sync_and_dead_actors_are_replaced(tmp_path, method):
         assert check_sync(cfg, pools, probe) <= 1e-4
         # Between steps, a health check replaces a dead engine (with the current weights) and
         # leaves the live ones alone.
-        ray.kill(pools.rollouts[1], no_restart=True)
+        _kill_and_wait(pools.rollouts[1])
         assert pools.check_health() == {"rollout": [1]}
         assert check_sync(cfg, pools, probe) <= 1e-4
         assert pools.check_health() == {}
@@ -103,3 +103,19 @@ def test_weight_sync_and_dead_actors_are_replaced(tmp_path, method):
         if pools is not None:
             pools.shutdown()
         ray.shutdown()
+
+
+def _kill_and_wait(actor) -> None:
+    """``ray.kill`` returns before the actor is gone (a call sent right after may still be
+    served): wait until a call fails."""
+    import ray
+
+    deadline = time.monotonic() + 60
+    ray.kill(actor, no_restart=True)
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.ready.remote(), timeout=30)
+        except ray.exceptions.RayActorError:
+            return
+        time.sleep(0.2)
+    raise AssertionError("the killed actor still answers")
