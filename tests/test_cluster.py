@@ -102,7 +102,11 @@ def test_pipeline_across_two_nodes_of_an_existing_cluster(tmp_path):
         head_node_args={"num_cpus": 2, "resources": {"head": 10}, "include_dashboard": True},
     )
     try:
-        cluster.add_node(num_cpus=1, resources={"other": 10})
+        # Its own runtime-env folder, as a second machine would have: two nodes unpacking the
+        # job's code into one shared path replace the folder the job's driver runs in.
+        cluster.add_node(
+            num_cpus=1, resources={"other": 10}, runtime_env_dir_name="runtime_resources_other"
+        )
         cluster.wait_for_nodes()
         env = {**os.environ, "RAY_ADDRESS": cluster.address, "ZEDA_CACHE_DIR": str(tmp_path)}
         run_dir = tmp_path / "run"
