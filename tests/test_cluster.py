@@ -136,10 +136,17 @@ def test_pipeline_across_two_nodes_of_an_existing_cluster(tmp_path):
                 timeout=900,
             )
 
+        # Refused by the live cluster, after the config's own checks: a relaunch into a
+        # run's folder leaves that run's record (.hydra/) as it was.
+        record = tmp_path / "refused" / ".hydra"
+        record.mkdir(parents=True)
+        (record / "overrides.yaml").write_text("- the run's own record\n")
         refused = launch("resources.num_nodes=3", folder=tmp_path / "refused")
         assert refused.returncode == 2, refused.stderr[-4000:]
         assert "resources.num_nodes=3 but the Ray cluster has 2" in refused.stderr
         assert not (tmp_path / "refused" / "checkpoints").exists()
+        assert (record / "overrides.yaml").read_text() == "- the run's own record\n"
+        assert not (tmp_path / "refused" / ".hydra.previous").exists()
 
         # The job carries the code (a copy of the repository, .gitignore'd paths left out) and
         # the cache folder; its driver runs on the head from that copy.

@@ -282,27 +282,43 @@ def checked_config(dict_cfg: DictConfig) -> RunConfig:
     return cfg
 
 
-def record_hydra_call(dict_cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path) -> None:
-    """``<run>/.hydra/``, as Hydra writes it (config.yaml, hydra.yaml, overrides.yaml), but
-    only for a config that passed its checks (conf/config.yaml turns Hydra's own copy off);
-    swapped in whole, so a reader never sees half of a relaunch's record."""
-    import shutil
+class HydraRecord:
+    """``<run>/.hydra/`` (config.yaml, hydra.yaml, overrides.yaml, as Hydra writes them),
+    written by the launcher once the config has passed its checks (conf/config.yaml turns
+    Hydra's own copy off). A relaunch's previous record is kept aside until the run is past
+    the checks made against the live cluster, so a start refused there puts it back."""
 
-    tmp = run_dir / ".hydra.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    (tmp / "config.yaml").write_text(OmegaConf.to_yaml(dict_cfg))
-    (tmp / "hydra.yaml").write_text(OmegaConf.to_yaml({"hydra": hydra_cfg}))
-    (tmp / "overrides.yaml").write_text(OmegaConf.to_yaml(hydra_cfg.overrides.task))
-    final = run_dir / ".hydra"
-    if final.exists():
-        old = run_dir / ".hydra.old"
-        shutil.rmtree(old, ignore_errors=True)
-        final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(final)
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / ".hydra"
+        self.previous = run_dir / ".hydra.previous"
+
+    def write(self, dict_cfg: DictConfig, hydra_cfg: DictConfig) -> None:
+        import shutil
+
+        tmp = self.path.with_name(".hydra.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        (tmp / "config.yaml").write_text(OmegaConf.to_yaml(dict_cfg))
+        (tmp / "hydra.yaml").write_text(OmegaConf.to_yaml({"hydra": hydra_cfg}))
+        (tmp / "overrides.yaml").write_text(OmegaConf.to_yaml(hydra_cfg.overrides.task))
+        if self.path.exists():
+            shutil.rmtree(self.previous, ignore_errors=True)
+            self.path.rename(self.previous)
+        tmp.rename(self.path)
+
+    def keep(self) -> None:
+        """The run got past its checks: the new record stands."""
+        import shutil
+
+        shutil.rmtree(self.previous, ignore_errors=True)
+
+    def restore(self) -> None:
+        """The start was refused: the folder's record is what it was."""
+        import shutil
+
+        shutil.rmtree(self.path, ignore_errors=True)
+        if self.previous.exists():
+            self.previous.rename(self.path)
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
@@ -317,7 +333,8 @@ def main(dict_cfg: DictConfig) -> None:
     quiet_third_party()
     hydra_cfg = hydra.core.hydra_config.HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    record_hydra_call(dict_cfg, hydra_cfg, run_dir)
+    record = HydraRecord(run_dir)
+    record.write(dict_cfg, hydra_cfg)
     if cfg.kernels.experts_backend != "auto":
         from zeda_kernels import BACKEND_ENV
 
@@ -326,17 +343,25 @@ def main(dict_cfg: DictConfig) -> None:
     if cfg.dry_run:
         print(OmegaConf.to_yaml(dict_cfg))
         _dry_run(cfg, run_dir)
+        record.keep()
         return
     from zeda_rl.checkpoint import Preempted
 
+    refused = False
     try:
         summary = run(cfg, run_dir)
     except ConfigError as err:  # the live cluster refused the pools, before any actor
+        refused = True
         print(f"zeda_rl: bad config: {err}", file=sys.stderr)
         sys.exit(2)
     except Preempted as stop:  # a scheduler's SIGTERM (or Ctrl-C): checkpointed, resumable
         print(f"zeda_rl: {stop}", file=sys.stderr)
         sys.exit(143 if stop.signal_name == "SIGTERM" else 130)
+    finally:
+        if refused:
+            record.restore()
+        else:
+            record.keep()
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(format_summary(summary, run_dir))
 
