@@ -86,7 +86,7 @@ def test_pipeline_across_two_nodes_of_an_existing_cluster(tmp_path):
     job), joins it (ray.address=auto) with the rollout engine forced onto the second node
     by a custom resource: both stages run, weights reach the other node, the logprob check
     after each sync passes; a relaunch from this process resumes from the run's
-    checkpoint. A run that asks for more than the cluster has is refused before any actor
+    checkpoint, syncing over gloo across the nodes. A run that asks for more than the cluster has is refused before any actor
     starts."""
     import json
     import os
@@ -172,8 +172,12 @@ def test_pipeline_across_two_nodes_of_an_existing_cluster(tmp_path):
         assert "succeeded" in first.stdout, first.stdout[-4000:]
         pipe = json.loads((run_dir / "summary.json").read_text())["pipeline"]
         assert pipe["stage2"]["last"]["sync_logprob_max_diff"] < 1e-3
-        again = launch("stage2.steps=3", "checkpoint.resume=true")
+        # The resume syncs through vLLM's weight transfer API over gloo instead of the object
+        # store: a process group from the trainer's node to the engine's.
+        again = launch("stage2.steps=3", "checkpoint.resume=true", "weight_sync.method=gloo")
         assert again.returncode == 0, again.stderr[-4000:]
         assert _stage_steps(run_dir, "stage2") == [0, 1, 2]
+        pipe = json.loads((run_dir / "summary.json").read_text())["pipeline"]
+        assert pipe["stage2"]["last"]["sync_logprob_max_diff"] < 1e-3
     finally:
         cluster.shutdown()
