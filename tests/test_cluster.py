@@ -86,8 +86,8 @@ def test_pipeline_across_two_nodes_of_an_existing_cluster(tmp_path):
     job), joins it (ray.address=auto) with the rollout engine forced onto the second node
     by a custom resource: both stages run, weights reach the other node, the logprob check
     after each sync passes; a relaunch from this process resumes from the run's
-    checkpoint, syncing over gloo across the nodes. A run that asks for more than the cluster has is refused before any actor
-    starts."""
+    checkpoint, syncing over gloo across the nodes. A run that asks for more than the
+    cluster has is refused before any actor starts."""
     import json
     import os
     import subprocess
