@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -293,8 +294,6 @@ class HydraRecord:
         self.previous = run_dir / ".hydra.previous"
 
     def write(self, dict_cfg: DictConfig, hydra_cfg: DictConfig) -> None:
-        import shutil
-
         tmp = self.path.with_name(".hydra.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -308,14 +307,10 @@ class HydraRecord:
 
     def keep(self) -> None:
         """The run got past its checks: the new record stands."""
-        import shutil
-
         shutil.rmtree(self.previous, ignore_errors=True)
 
     def restore(self) -> None:
         """The start was refused: the folder's record is what it was."""
-        import shutil
-
         shutil.rmtree(self.path, ignore_errors=True)
         if self.previous.exists():
             self.previous.rename(self.path)
