@@ -288,6 +288,13 @@ def test_dry_run_plan_checks_the_configured_gpus():
         ("resources.num_nodes=0", "resources.num_nodes=0 must be >= 1"),
         ("resources.cpus_per_node=0", "resources.cpus_per_node=0.0 must be > 0"),
         ("seed=-1", "seed=-1 must be >= 0"),
+        # Injected faults: the spec, the kind, the target, the pool's size.
+        ("faults.stage2=[trainer-0@3]", "faults.stage2: 'trainer-0@3' is not <kind>:<target>"),
+        ("faults.stage2=[explode:trainer-0@3]", "unknown kind 'explode'"),
+        ("faults.stage2=[hang:trainer-0@3]", "hang takes rollout-<rank> or teacher-<rank>"),
+        ("faults.stage2=[kill:driver@3]", "kill takes rollout-<rank> or teacher-<rank> or"),
+        ("faults.stage2=[kill:trainer-2@3]", "'kill:trainer-2@3': the run has 2 trainer actor"),
+        ("faults.stage2=[sigterm:driver-0@1]", "sigterm takes driver"),
     ],
 )
 def test_bad_values_are_refused_in_process(override, message):

@@ -265,4 +265,6 @@ def test_a_non_finite_step_is_skipped_and_never_reaches_a_save(zeda_dir, tmp_pat
         next(p for p in backend.model.parameters() if p.dim() == 2)[0, 0] = float("inf")
     with pytest.raises(FloatingPointError, match="refusing to write it into a checkpoint"):
         backend.check_finite_weights("a checkpoint")
+    with pytest.raises(FloatingPointError, match="refusing to write it into a weight sync"):
+        list(backend.finite_tensors("a weight sync"))  # the object store's one-pass export
     backend.close()

@@ -259,6 +259,14 @@ class RayConfig:
 
 
 @dataclass
+class FaultsConfig:
+    """Faults the run injects into itself (zeda_rl/faults.py): recovery drills and the
+    fault-injection tests. Each ``<kind>:<target>@<step>``, e.g. ``kill:trainer-0@3``."""
+
+    stage2: list[str] = field(default_factory=list)
+
+
+@dataclass
 class RunConfig:
     name: str = "zeda"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -276,6 +284,7 @@ class RunConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
     seed: int = 0
     dry_run: bool = False
 

@@ -40,6 +40,7 @@ from zeda_rl.lr_schedules import constant_then_cosine_lr, cosine_lr
 from zeda_rl.trainer.batch import Sample
 
 if TYPE_CHECKING:
+    from zeda_rl.faults import FaultPlan
     from zeda_rl.pools.placement import Pools
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def run_pipeline(cfg: RunConfig, teacher_dir: Path, student_dir: Path, run_dir: 
     from zeda_rl.pools.group import GroupLost
     from zeda_rl.pools.placement import Pools
     from zeda_rl.tracking import Tracker
-    from zeda_rl.validation import validate_prompt_lengths
+    from zeda_rl.validation import fault_plan, validate_prompt_lengths
 
     tokenizer = AutoTokenizer.from_pretrained(student_dir)
     prompts = tokenize_prompts(
@@ -98,12 +99,13 @@ def run_pipeline(cfg: RunConfig, teacher_dir: Path, student_dir: Path, run_dir: 
     summary["pools_start_s"] = round(time.perf_counter() - t0, 1)
     summary["dashboard_actors"] = _dashboard_actors(dashboard) if dashboard else {}
     ckpt = Checkpointer(cfg, pools.trainer_group, run_dir)
+    faults = fault_plan(cfg)  # one plan for the launch: a redone step does not fire again
     try:
         with ckpt.on_signals():
             restarts = 0
             while True:
                 try:
-                    _run_stages(cfg, pools, prompts, tracker, ckpt, start, summary)
+                    _run_stages(cfg, pools, prompts, tracker, ckpt, start, summary, faults)
                     break
                 except GroupLost as lost:
                     if lost.group != "trainer" or restarts >= cfg.trainer.max_restarts:
@@ -136,14 +138,16 @@ def run_pipeline(cfg: RunConfig, teacher_dir: Path, student_dir: Path, run_dir: 
     return summary
 
 
-def _run_stages(cfg, pools, prompts, tracker, ckpt, start: dict, summary: dict) -> None:
+def _run_stages(
+    cfg, pools, prompts, tracker, ckpt, start: dict, summary: dict, faults: FaultPlan
+) -> None:
     if cfg.stage1.enabled and start["stage1"] >= 0:
         t = time.perf_counter()
         summary["stage1"] = run_stage1(cfg, pools, prompts, tracker, ckpt, start["stage1"])
         summary["stage1"]["seconds"] = round(time.perf_counter() - t, 1)
     if cfg.stage2.enabled:
         t = time.perf_counter()
-        summary["stage2"] = run_stage2(cfg, pools, prompts, tracker, ckpt, start["stage2"])
+        summary["stage2"] = run_stage2(cfg, pools, prompts, tracker, ckpt, start["stage2"], faults)
         summary["stage2"]["seconds"] = round(time.perf_counter() - t, 1)
 
 
@@ -217,7 +221,13 @@ def run_stage1(
 
 
 def run_stage2(
-    cfg: RunConfig, pools: Pools, prompts: list[list[int]], tracker, ckpt, start_step: int = 0
+    cfg: RunConfig,
+    pools: Pools,
+    prompts: list[list[int]],
+    tracker,
+    ckpt,
+    start_step: int = 0,
+    faults: FaultPlan | None = None,
 ) -> dict:
     """Student samples, teacher scores, PPO-clipped OPD (or the top-k reverse KL) + GAL with
     routing replay."""
@@ -237,6 +247,8 @@ def run_stage2(
         due = every and step > start_step and step % every == 0
         if due and (rebuilt := pools.check_health()):
             log.warning("stage2 step %d: engines replaced: %s", step, rebuilt)
+        if faults is not None:
+            faults.before_step(step, pools)
         rng = random.Random(cfg.seed * 1_000_003 + step)  # the same data order on resume
         chosen = rng.sample(prompts, min(s.prompts_per_step, len(prompts)))
         batch_prompts = [p for p in chosen for _ in range(s.samples_per_prompt)]
@@ -255,6 +267,8 @@ def run_stage2(
                 Sample(g.prompt_ids, g.response_ids, g.logprobs, lp, g.routes)
                 for g, lp in zip(gens, teacher_lp, strict=True)
             ]
+        if faults is not None:
+            samples = faults.corrupt_scores(step, samples)
         t2 = time.perf_counter()
         lr = constant_then_cosine_lr(step, s.steps, s.lr, s.lr_decay_ratio)
         metrics = pools.train(samples, s.loss, lr)

@@ -20,6 +20,19 @@ def _fail(message: str) -> None:
     raise ConfigError(message)
 
 
+def fault_plan(cfg: RunConfig):
+    """The run's injected faults (``faults.stage2``), each checked against the pools."""
+    from zeda_rl.faults import FaultPlan, parse_fault
+
+    faults = []
+    for spec in cfg.faults.stage2:
+        try:
+            faults.append(parse_fault(spec, cfg.rollout.num_workers, cfg.trainer.num_workers))
+        except ValueError as err:
+            _fail(f"faults.stage2: {err}")
+    return FaultPlan(faults)
+
+
 def model_shape(cfg: RunConfig) -> dict | None:
     """Experts, top-k of the teacher (from its config.json or the teacher preset)."""
     if cfg.model.source == "teacher":
@@ -219,6 +232,7 @@ def validate(cfg: RunConfig) -> None:
         _fail(f"trainer.max_skipped_steps={cfg.trainer.max_skipped_steps}: a step count >= 1")
     if cfg.logging.log_every < 0:
         _fail(f"logging.log_every={cfg.logging.log_every}: a step count >= 0 (0: no lines)")
+    fault_plan(cfg)
 
     res = cfg.resources
     cpus = r.num_workers * r.cpus_per_worker + t.cpus + tr.num_workers * tr.cpus_per_worker

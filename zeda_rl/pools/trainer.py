@@ -102,6 +102,7 @@ class TrainerWorker:
         """One round of vLLM's weight transfer; returns the number of tensors sent."""
         if self.transfer is None:
             raise RuntimeError("send_weights before connect_weight_transfer")
+        # Checked before the first bucket leaves: a sent bucket cannot be taken back.
         self.backend.check_finite_weights("a weight sync")
         self.transfer.send_weights()
         return len(self.transfer.source.metadata())  # read once, at the first send

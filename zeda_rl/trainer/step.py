@@ -213,9 +213,15 @@ class StepBackend:
             yield name, tensor
 
     def check_finite_weights(self, what: str) -> None:
-        """Refuse to let a non-finite weight reach ``what``, before it is written."""
-        for _ in self.finite_tensors(what):
-            pass
+        """Refuse to let a non-finite weight reach ``what``, before any of it is written.
+        Reads this rank's own parameters in place: no gather (under expert parallelism each
+        rank checks its shard), so the save or transfer that follows is the one full pass."""
+        for name, param in self.model.named_parameters():
+            if not bool(torch.isfinite(param).all()):
+                raise FloatingPointError(
+                    f"rank {self.rank}: weight {name} holds non-finite values; refusing to "
+                    f"write it into {what}"
+                )
 
     def _optimizer_step(self) -> None:
         if not self.optim.offload:
