@@ -176,6 +176,13 @@ def static_checkpoints(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
+@pytest.fixture(scope="session")
+def launch_cache(tmp_path_factory) -> Path:
+    """ZEDA_CACHE_DIR of the tests' launches: the smoke teachers the first launch of each
+    family trains, reused by the rest of the session."""
+    return tmp_path_factory.mktemp("launch_cache")
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``gpu`` need CUDA: skipped cleanly without it (CI has none)."""
     if torch.cuda.is_available():

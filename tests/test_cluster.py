@@ -80,7 +80,7 @@ def test_joining_a_cluster_skips_the_local_core_count():
 
 
 @pytest.mark.slow
-def test_pipeline_across_two_nodes_of_an_existing_cluster(tmp_path):
+def test_pipeline_across_two_nodes_of_an_existing_cluster(tmp_path, launch_cache):
     """A two-node Ray cluster on this machine (the test starts and stops it); the tiny
     pipeline, sent as a Ray job (`ray job submit --working-dir`: the code travels with the
     job), joins it (ray.address=auto) with the rollout engine forced onto the second node
@@ -108,7 +108,7 @@ def test_pipeline_across_two_nodes_of_an_existing_cluster(tmp_path):
             num_cpus=1, resources={"other": 10}, runtime_env_dir_name="runtime_resources_other"
         )
         cluster.wait_for_nodes()
-        env = {**os.environ, "RAY_ADDRESS": cluster.address, "ZEDA_CACHE_DIR": str(tmp_path)}
+        env = {**os.environ, "RAY_ADDRESS": cluster.address, "ZEDA_CACHE_DIR": str(launch_cache)}
         run_dir = tmp_path / "run"
 
         def command(*overrides: str, folder=run_dir) -> list[str]:
@@ -150,7 +150,7 @@ def test_pipeline_across_two_nodes_of_an_existing_cluster(tmp_path):
 
         # The job carries the code (a copy of the repository, .gitignore'd paths left out) and
         # the cache folder; its driver runs on the head from that copy.
-        job_env = {"env_vars": {"ZEDA_CACHE_DIR": str(tmp_path)}}
+        job_env = {"env_vars": {"ZEDA_CACHE_DIR": str(launch_cache)}}
         dashboard = cluster.head_node.address_info["webui_url"]
         first = subprocess.run(
             [

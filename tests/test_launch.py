@@ -44,7 +44,7 @@ def test_tiny_experiment_runs(tmp_path, family):
 
 
 @pytest.mark.slow
-def test_trained_teacher_source_with_evaluation(tmp_path):
+def test_trained_teacher_source_with_evaluation(tmp_path, launch_cache):
     """source=teacher trains (smoke preset) or reuses the teacher, then evaluates before adaptation."""
     result = _launch(
         tmp_path,
@@ -53,7 +53,8 @@ def test_trained_teacher_source_with_evaluation(tmp_path):
         "stage1.enabled=false",
         "stage2.enabled=false",
         "eval.top_p_baselines=[0.5]",
-        env_extra={"ZEDA_CACHE_DIR": str(tmp_path / "cache")},
+        "eval.frontier=false",
+        env_extra={"ZEDA_CACHE_DIR": str(launch_cache)},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -282,6 +283,7 @@ def test_dry_run_plan_checks_the_configured_gpus():
         ("stage2.lr_decay_ratio=1.5", "stage2.lr_decay_ratio=1.5 must be in [0, 1]"),
         ("trainer.grad_clip=-1", "trainer.grad_clip=-1.0 must be > 0"),
         ("resources.timeout_s=0", "resources.timeout_s=0.0 must be > 0"),
+        ("resources.start_timeout_s=-5", "resources.start_timeout_s=-5.0 must be > 0"),
         ("resources.gpu_memory_gib=0", "resources.gpu_memory_gib=0.0 must be > 0"),
         ("rollout.kv_cache_gib=-1", "rollout.kv_cache_gib=-1 must be >= 0"),
         ("weight_sync.check_tolerance=-1", "weight_sync.check_tolerance=-1.0 must be > 0"),

@@ -24,6 +24,7 @@ COMMON = [
     "+experiment=tiny",
     "model.teacher_preset=smoke",
     "eval.enabled=false",
+    "eval.frontier=false",  # (the end-to-end test turns it on, on a few items)
     "prompts.mix.addition=24",
     "prompts.mix.arithmetic=0",
     "stage1.epochs=1",
@@ -40,8 +41,8 @@ def _cmd(run_dir: Path, *overrides: str) -> list[str]:
     return [sys.executable, "-m", "zeda_rl.launch", *COMMON, *overrides, f"hydra.run.dir={run_dir}"]
 
 
-def _env(tmp_path: Path) -> dict:
-    return {**os.environ, "ZEDA_CACHE_DIR": str(tmp_path / "cache")}
+def _env(cache: Path) -> dict:
+    return {**os.environ, "ZEDA_CACHE_DIR": str(cache)}
 
 
 def _stage_steps(run_dir: Path, stage: str) -> list[int]:
@@ -63,7 +64,7 @@ class ReferenceRun:
 
 
 @pytest.fixture(scope="module")
-def reference_run(tmp_path_factory) -> ReferenceRun:
+def reference_run(tmp_path_factory, launch_cache) -> ReferenceRun:
     tmp_path = tmp_path_factory.mktemp("reference")
     run_dir = tmp_path / "run"
     result = subprocess.run(
@@ -76,7 +77,7 @@ def reference_run(tmp_path_factory) -> ReferenceRun:
             "eval.frontier_dial=[0.5]",
             "checkpoint.keep=8",
         ),
-        env=_env(tmp_path),
+        env=_env(launch_cache),
         capture_output=True,
         text=True,
         timeout=900,
@@ -91,7 +92,7 @@ def reference_run(tmp_path_factory) -> ReferenceRun:
 
 
 @pytest.mark.slow
-def test_pipeline_end_to_end(reference_run, tmp_path):
+def test_pipeline_end_to_end(reference_run, tmp_path, launch_cache):
     run_dir, result = reference_run.run_dir, reference_run.result
     summary = json.loads((run_dir / "summary.json").read_text())
     pipe = summary["pipeline"]
@@ -141,7 +142,7 @@ def test_pipeline_end_to_end(reference_run, tmp_path):
             "checkpoint.keep=8",
             "checkpoint.resume=true",
         ),
-        env=_env(tmp_path),
+        env=_env(launch_cache),
         capture_output=True,
         text=True,
         timeout=900,
@@ -161,7 +162,7 @@ def test_pipeline_end_to_end(reference_run, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["qwen3_moe", "glm4_moe_lite"])
-def test_pipeline_on_megatron_with_expert_parallelism(tmp_path, family):
+def test_pipeline_on_megatron_with_expert_parallelism(tmp_path, launch_cache, family):
     """Both stages with the megatron backend, experts split over the two trainer ranks, and
     weights sent through vLLM's weight transfer API (zeda_gloo)."""
     run_dir = tmp_path / "run"
@@ -174,7 +175,7 @@ def test_pipeline_on_megatron_with_expert_parallelism(tmp_path, family):
             "trainer.expert_parallel=2",
             "weight_sync.method=gloo",
         ),
-        env=_env(tmp_path),
+        env=_env(launch_cache),
         capture_output=True,
         text=True,
         timeout=900,
@@ -235,12 +236,12 @@ def _tensors(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(folder / "model.safetensors")
 
 
-def _run_logged(cmd: list[str], tmp_path: Path, log_file: Path, seconds: float = 900) -> int:
+def _run_logged(cmd: list[str], cache: Path, log_file: Path, seconds: float = 900) -> int:
     """Run a launch with its output appended to ``log_file``; its exit code. A launch past
     ``seconds`` is killed with everything it started."""
     with log_file.open("a") as out:
         proc = subprocess.Popen(
-            cmd, env=_env(tmp_path), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            cmd, env=_env(cache), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
         return proc.wait(timeout=seconds)
@@ -260,7 +261,9 @@ FAULTS = (
 
 
 @pytest.mark.slow
-def test_faults_then_sigterm_then_resume_equal_the_uninterrupted_run(reference_run, tmp_path):
+def test_faults_then_sigterm_then_resume_equal_the_uninterrupted_run(
+    reference_run, tmp_path, launch_cache
+):
     """The launch above, then a relaunch with checkpoint.resume=true that meets NaN teacher
     scores at the last step (skipped). Per-step metrics equal the uninterrupted run's
     (timings aside; rel 1e-5, the end-to-end test's tolerance: CPU, fixed seeds and data
@@ -270,7 +273,7 @@ def test_faults_then_sigterm_then_resume_equal_the_uninterrupted_run(reference_r
     ckpts = run_dir / "checkpoints"
     log_file = tmp_path / "driver.log"
     faulted = [f"stage2.steps={REFERENCE_STEPS}", "resources.timeout_s=30", "checkpoint.keep=8"]
-    code = _run_logged(_cmd(run_dir, *faulted, f"faults.stage2={FAULTS}"), tmp_path, log_file)
+    code = _run_logged(_cmd(run_dir, *faulted, f"faults.stage2={FAULTS}"), launch_cache, log_file)
     text = log_file.read_text()
     assert code == 143, text[-4000:]
     assert "rollout-0 failed (ActorDiedError); restarting it and retrying" in text
@@ -284,7 +287,7 @@ def test_faults_then_sigterm_then_resume_equal_the_uninterrupted_run(reference_r
     (ckpts / ".tmp-stage2-999999").mkdir()
     code = _run_logged(
         _cmd(run_dir, *faulted, "checkpoint.resume=true", "faults.stage2=[nan:teacher@5]"),
-        tmp_path,
+        launch_cache,
         log_file,
     )
     assert code == 0, log_file.read_text()[-4000:]

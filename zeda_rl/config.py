@@ -240,6 +240,8 @@ class ResourcesConfig:
     # PACK / SPREAD let it span nodes.
     placement: Placement = Placement.auto
     timeout_s: float = 600.0  # every remote call waits at most this long
+    # The pools' resources and each actor's start (its model loaded) wait at most this long.
+    start_timeout_s: float = 1800.0
     # Every this many stage-2 steps the engines are pinged; one dead or silent for
     # health_check_timeout_s (a hung call) is replaced before it stalls a step. 0: off.
     health_check_every: int = 10

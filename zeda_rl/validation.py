@@ -154,6 +154,7 @@ def validate(cfg: RunConfig) -> None:
         ("stage2.ppo_clip", cfg.stage2.ppo_clip),
         ("trainer.grad_clip", tr.grad_clip),
         ("resources.timeout_s", res.timeout_s),
+        ("resources.start_timeout_s", res.start_timeout_s),
         ("resources.gpu_memory_gib", res.gpu_memory_gib),
         ("weight_sync.check_tolerance", cfg.weight_sync.check_tolerance),
     ):

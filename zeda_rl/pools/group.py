@@ -26,6 +26,8 @@ class RetryPolicy:
 
     timeout_s: float
     retries: int = 1
+    # An actor's start (its model loaded): slower than any call, so it has its own limit.
+    start_timeout_s: float = 1800.0
 
 
 class ActorGroup:
@@ -56,7 +58,7 @@ class ActorGroup:
 
         return ray.get(refs, timeout=self.policy.timeout_s)
 
-    def get_all(self, refs: list) -> list:
+    def get_all(self, refs: list, timeout_s: float | None = None) -> list:
         """Every result, failing as soon as one actor fails: the others of a collective may
         be blocked on the dead one and would only answer at the timeout."""
         import time
@@ -64,7 +66,7 @@ class ActorGroup:
         import ray
 
         failures = (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError)
-        deadline = time.monotonic() + self.policy.timeout_s
+        deadline = time.monotonic() + (timeout_s or self.policy.timeout_s)
         pending = list(refs)
         try:
             while pending:
@@ -76,6 +78,13 @@ class ActorGroup:
         except failures as err:
             raise GroupLost(self.name, err) from err
         return ray.get(refs)
+
+    def wait_started(self, ranks: Sequence[int] | None = None) -> None:
+        """Until the actors have started (models loaded), at most ``start_timeout_s``; one
+        that dies or does not start in time fails the group (GroupLost)."""
+        ranks = range(len(self.actors)) if ranks is None else ranks
+        refs = [self.actors[rank].ready.remote() for rank in ranks]
+        self.get_all(refs, self.policy.start_timeout_s)
 
     def call(self, method: str, *args, **kwargs) -> list:
         """The same call on every actor (a collective: a lost member fails it, GroupLost)."""
@@ -164,6 +173,7 @@ class ActorGroup:
 
         ray.kill(self.actors[rank], no_restart=True)
         self.actors[rank] = self.factory(rank)
+        self.wait_started([rank])
         if self.on_restart is not None:
             self.on_restart(rank)
 

@@ -23,8 +23,10 @@ class Pools:
         self.group = placement_group(
             pool_bundles(cfg), strategy=placement_strategy(cfg), name=f"{cfg.name}-pools"
         )
-        ray.get(self.group.ready(), timeout=cfg.resources.timeout_s)
-        policy = RetryPolicy(timeout_s=cfg.resources.timeout_s)
+        ray.get(self.group.ready(), timeout=cfg.resources.start_timeout_s)
+        policy = RetryPolicy(
+            timeout_s=cfg.resources.timeout_s, start_timeout_s=cfg.resources.start_timeout_s
+        )
         first_teacher, first_trainer = r.num_workers, r.num_workers + 1
 
         self.rollout_group = ActorGroup(
@@ -35,7 +37,7 @@ class Pools:
             "trainer", self._trainer_factory(first_trainer), tr.num_workers, policy
         )
         for group in (self.rollout_group, self.teacher_group, self.trainer_group):
-            group.call("ready")
+            group.wait_started()
         self._start_trainers()
 
     def _start_trainers(self) -> None:
@@ -67,7 +69,7 @@ class Pools:
             self.cfg.trainer.num_workers,
             self.trainer_group.policy,
         )
-        self.trainer_group.call("ready")
+        self.trainer_group.wait_started()
         self._start_trainers()
         if optimizer:
             self.trainer_group.call("load_optimizer", str(weights_dir))
