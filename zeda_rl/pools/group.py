@@ -14,7 +14,9 @@ class GroupLost(RuntimeError):
     """A member of a collective group died or hung: the whole group must be rebuilt."""
 
     def __init__(self, group: str, cause: BaseException):
-        super().__init__(f"the {group} group lost a member ({type(cause).__name__}: {cause})")
+        # The cause's first line: Ray's death reports run to a dozen lines.
+        first_line = next(iter(str(cause).splitlines()), "")
+        super().__init__(f"the {group} group lost a member ({type(cause).__name__}: {first_line})")
         self.group = group
 
 
