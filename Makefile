@@ -31,7 +31,7 @@ demo: install
 	$(PY) -m zeda_rl.launch +experiment=tiny
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"

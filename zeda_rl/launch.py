@@ -341,6 +341,7 @@ def main(dict_cfg: DictConfig) -> None:
         record.keep()
         return
     from zeda_rl.checkpoint import Preempted
+    from zeda_rl.orchestrator import RunStopped
 
     refused = False
     try:
@@ -352,6 +353,9 @@ def main(dict_cfg: DictConfig) -> None:
     except Preempted as stop:  # a scheduler's SIGTERM (or Ctrl-C): checkpointed, resumable
         print(f"zeda_rl: {stop}", file=sys.stderr)
         sys.exit(143 if stop.signal_name == "SIGTERM" else 130)
+    except RunStopped as stop:  # a fault met more often than the run may survive it
+        print(f"zeda_rl: run stopped: {stop}", file=sys.stderr)
+        sys.exit(1)
     finally:
         if refused:
             record.restore()

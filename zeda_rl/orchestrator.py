@@ -31,6 +31,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -57,7 +58,6 @@ def run_pipeline(cfg: RunConfig, teacher_dir: Path, student_dir: Path, run_dir: 
     from zeda_rl.checkpoint import Checkpointer, resume_point
     from zeda_rl.cluster import connect
     from zeda_rl.data.prompts import build_prompts, tokenize_prompts
-    from zeda_rl.pools.group import GroupLost
     from zeda_rl.pools.placement import Pools
     from zeda_rl.tracking import Tracker
     from zeda_rl.validation import fault_plan, validate_prompt_lengths
@@ -102,24 +102,16 @@ def run_pipeline(cfg: RunConfig, teacher_dir: Path, student_dir: Path, run_dir: 
     faults = fault_plan(cfg)  # one plan for the launch: a redone step does not fire again
     try:
         with ckpt.on_signals():
-            restarts = 0
-            while True:
-                try:
-                    _run_stages(cfg, pools, prompts, tracker, ckpt, start, summary, faults)
-                    break
-                except GroupLost as lost:
-                    if lost.group != "trainer" or restarts >= cfg.trainer.max_restarts:
-                        raise
-                    restarts += 1
-                    log.warning(
-                        "%s: rebuilding the trainer ranks from the newest checkpoint "
-                        "(restart %d of trainer.max_restarts=%d)",
-                        lost,
-                        restarts,
-                        cfg.trainer.max_restarts,
-                    )
-                    start = _recover_trainers(cfg, pools, ckpt, tracker, student_dir, run_dir)
-                    summary["trainer_restarts"] = restarts
+
+            def attempt() -> None:
+                _run_stages(cfg, pools, prompts, tracker, ckpt, start, summary, faults)
+
+            def recover() -> None:
+                start.update(_recover_trainers(cfg, pools, ckpt, tracker, student_dir, run_dir))
+
+            restarts = with_trainer_restarts(attempt, recover, cfg.trainer.max_restarts)
+            if restarts:
+                summary["trainer_restarts"] = restarts
             final = run_dir / "student_final"
             pools.trainer_group.call("save", str(final))  # collective
             for name in (
@@ -136,6 +128,44 @@ def run_pipeline(cfg: RunConfig, teacher_dir: Path, student_dir: Path, run_dir: 
         tracker.close()
         ray.shutdown()  # stops a local instance; a joined cluster is only left
     return summary
+
+
+class RunStopped(RuntimeError):
+    """The run met a fault more often than it may survive one (trainer restarts, skipped
+    steps in a row); the checkpoints written before are intact."""
+
+
+def with_trainer_restarts(
+    attempt: Callable[[], None], recover: Callable[[], None], max_restarts: int
+) -> int:
+    """``attempt()``; when it loses a trainer rank, ``recover()`` (rebuild the ranks from the
+    newest checkpoint) and attempt again, at most ``max_restarts`` times (then RunStopped).
+    Returns the restarts made. Any other failure propagates as it is."""
+    from zeda_rl.pools.group import GroupLost
+
+    restarts = 0
+    while True:
+        try:
+            attempt()
+            return restarts
+        except GroupLost as lost:
+            if lost.group != "trainer":
+                raise
+            if restarts >= max_restarts:
+                raise RunStopped(
+                    f"{lost}, after {restarts} restart(s) (trainer.max_restarts={max_restarts});"
+                    " the checkpoints written before are intact (relaunch with "
+                    "checkpoint.resume=true)"
+                ) from lost
+            restarts += 1
+            log.warning(
+                "%s: rebuilding the trainer ranks from the newest checkpoint "
+                "(restart %d of trainer.max_restarts=%d)",
+                lost,
+                restarts,
+                max_restarts,
+            )
+            recover()
 
 
 def _run_stages(
@@ -315,7 +345,7 @@ class SkippedSteps:
             self.in_a_row,
         )
         if self.in_a_row >= self.limit:
-            raise FloatingPointError(
+            raise RunStopped(
                 f"{self.stage}: {self.in_a_row} optimizer steps in a row skipped for non-finite "
                 f"gradients (trainer.max_skipped_steps={self.limit}), up to step {step}; the "
                 "checkpoints written before them are intact (resume with checkpoint.resume=true)"
