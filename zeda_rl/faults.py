@@ -7,7 +7,7 @@ of that step (after the step's health check, so a kill is met by the step's own 
 - ``kill:rollout-<i>`` / ``kill:teacher-0`` / ``kill:trainer-<rank>``: SIGKILL the actor's
   process from inside it, as the OOM killer or a lost node would;
 - ``hang:rollout-<i>`` / ``hang:teacher-0``: the engine starts a call that never returns
-  (found by the next health check, or its next call times out);
+  (the step's call to it times out after ``resources.timeout_s``);
 - ``sigterm:driver``: the driver gets a scheduler's SIGTERM;
 - ``nan:teacher``: the teacher's scores of that step become NaN (the step is skipped).
 
@@ -17,6 +17,7 @@ A fault fires once per launch: steps redone after a trainer rebuild do not fire 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import signal
@@ -100,19 +101,16 @@ class FaultPlan:
         if not self._due(step, ("nan",)):
             return samples
         log.warning("fault injection, stage2 step %d: NaN teacher scores", step)
-        nan = float("nan")
-        return [
-            replace(
-                s,
-                teacher_logprobs=None
-                if s.teacher_logprobs is None
-                else [nan] * len(s.teacher_logprobs),
-                teacher_topk_logprobs=None
-                if s.teacher_topk_logprobs is None
-                else s.teacher_topk_logprobs * nan,
-            )
-            for s in samples
-        ]
+        return [_nan_scores(s) for s in samples]
+
+
+def _nan_scores(sample: Sample) -> Sample:
+    per_token, top_k = sample.teacher_logprobs, sample.teacher_topk_logprobs
+    return replace(
+        sample,
+        teacher_logprobs=None if per_token is None else [math.nan] * len(per_token),
+        teacher_topk_logprobs=None if top_k is None else top_k * math.nan,
+    )
 
 
 def _sigkill_self(_actor) -> None:

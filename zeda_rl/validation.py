@@ -6,8 +6,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from zeda_rl.config import RunConfig, active_mix
+
+if TYPE_CHECKING:
+    from zeda_rl.faults import FaultPlan
 
 LOCAL_SOURCES = ("teacher", "random")
 
@@ -20,7 +24,7 @@ def _fail(message: str) -> None:
     raise ConfigError(message)
 
 
-def fault_plan(cfg: RunConfig):
+def fault_plan(cfg: RunConfig) -> FaultPlan:
     """The run's injected faults (``faults.stage2``), each checked against the pools."""
     from zeda_rl.faults import FaultPlan, parse_fault
 
