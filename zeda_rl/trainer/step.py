@@ -205,11 +205,7 @@ class StepBackend:
         """``named_tensors``, refusing (FloatingPointError) a non-finite weight on its way
         to ``what`` (a checkpoint, a weight sync): one pass serves the check and the copy."""
         for name, tensor in self.named_tensors():
-            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                raise FloatingPointError(
-                    f"rank {self.rank}: weight {name} holds non-finite values; refusing to "
-                    f"write it into {what}"
-                )
+            self._refuse_non_finite(name, tensor, what)
             yield name, tensor
 
     def check_finite_weights(self, what: str) -> None:
@@ -217,11 +213,14 @@ class StepBackend:
         Reads this rank's own parameters in place: no gather (under expert parallelism each
         rank checks its shard), so the save or transfer that follows is the one full pass."""
         for name, param in self.model.named_parameters():
-            if not bool(torch.isfinite(param).all()):
-                raise FloatingPointError(
-                    f"rank {self.rank}: weight {name} holds non-finite values; refusing to "
-                    f"write it into {what}"
-                )
+            self._refuse_non_finite(name, param, what)
+
+    def _refuse_non_finite(self, name: str, tensor: torch.Tensor, what: str) -> None:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise FloatingPointError(
+                f"rank {self.rank}: weight {name} holds non-finite values; refusing to "
+                f"write it into {what}"
+            )
 
     def _optimizer_step(self) -> None:
         if not self.optim.offload:
