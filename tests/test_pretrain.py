@@ -82,3 +82,46 @@ def test_unknown_preset_and_family_are_named():
         ensure_teacher("qwen3_moe", "huge")
     with pytest.raises(ValueError, match="family='llama'"):
         train_teacher("llama", PRESETS["smoke"], None)
+
+
+def test_recipe_overrides_are_checked_and_cached_under_their_own_key(cache, monkeypatch, capsys):
+    from zeda_rl.pretrain import __main__ as cli
+    from zeda_rl.pretrain import train
+    from zeda_rl.pretrain.cache import teacher_key
+    from zeda_rl.pretrain.presets import with_overrides
+
+    for argv, message in [
+        (["--set", "stepz=3"], "unknown fields ['stepz']"),
+        (["--set", "steps=3.5"], "steps=3.5 is not a int"),
+        (["--set", "task_share=yes"], "VALUE is not JSON"),
+        (["--set", "steps"], "expected FIELD=VALUE"),
+        (["--set", 'task_mix={"addition": 1, "poetry": 1}'], "task_mix entries ['poetry']"),
+        (["--set", 'mixed_precision="fp8"'], "'fp32' or 'bf16'"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(["--family", "qwen3_moe", "--preset", "smoke", *argv])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err, argv
+
+    # The GLM twin's own overrides apply first, the command line's on top of them.
+    base = PRESETS["cpu-fine"]
+    tuned = with_overrides(base.for_family("glm4_moe_lite"), {"task_share": 0.9, "steps": 900})
+    assert (tuned.steps, tuned.task_share, tuned.anneal_steps) == (900, 0.9, 800)
+    assert teacher_key("glm4_moe_lite", tuned, 0) != teacher_key("glm4_moe_lite", base, 0)
+    # No override: the same key as the preset's (its cached teacher is reused).
+    assert teacher_key("glm4_moe_lite", base.for_family("glm4_moe_lite"), 0) == teacher_key(
+        "glm4_moe_lite", base, 0
+    )
+
+    trained = []
+
+    def fake_train(family, preset, out_dir, seed=0, log=print):
+        trained.append(preset)
+        out_dir.mkdir(parents=True)
+        (out_dir / "report.json").write_text("{}")
+
+    monkeypatch.setattr(train, "train_teacher", fake_train)
+    path = ensure_teacher("qwen3_moe", "smoke", overrides={"steps": 4, "task_share": 1})
+    assert trained[0].steps == 4 and trained[0].task_share == 1
+    assert path != teacher_dir("qwen3_moe", "smoke", 0)
+    assert ensure_teacher("qwen3_moe", "smoke", overrides={"steps": 4, "task_share": 1}) == path
+    assert len(trained) == 1  # the variant is cached

@@ -1,4 +1,5 @@
 """python -m zeda_rl.pretrain [--family qwen3_moe|glm4_moe_lite|all] [--preset cpu] [--seed 0]
+                             [--set FIELD=VALUE ...]
 
 Trains (or reuses from the cache) the small teacher MoE and prints its report.
 """
@@ -10,7 +11,7 @@ import json
 import sys
 
 from zeda_rl.pretrain.cache import ensure_teacher
-from zeda_rl.pretrain.presets import PRESETS
+from zeda_rl.pretrain.presets import PRESETS, with_overrides
 from zeda_rl.pretrain.train import FAMILIES
 
 
@@ -40,10 +41,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="retrain even if cached")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="replace a field of the recipe, VALUE in JSON, e.g. --set task_share=0.9 "
+        '--set \'task_mix={"addition": 0.25, "chain": 0.5}\' (cached under its own key)',
+    )
     args = parser.parse_args(argv)
+    overrides = {}
+    for item in args.set:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--set {item!r}: expected FIELD=VALUE")
+        try:
+            overrides[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError as err:
+            parser.error(f"--set {item!r}: VALUE is not JSON ({err.msg})")
     families = FAMILIES if args.family == "all" else (args.family,)
+    try:  # every family's recipe is checked before any of them trains
+        for family in families:
+            with_overrides(PRESETS[args.preset].for_family(family), overrides)
+    except ValueError as err:
+        parser.error(str(err))
     for family in families:
-        path = ensure_teacher(family, args.preset, args.seed, args.force)
+        path = ensure_teacher(family, args.preset, args.seed, args.force, overrides=overrides)
         print(path)
         print(summarize(json.loads((path / "report.json").read_text())))
     return 0

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from zeda_rl.data.store import ARCHIVES
-from zeda_rl.pretrain.presets import PRESETS, TeacherPreset
+from zeda_rl.pretrain.presets import PRESETS, TeacherPreset, with_overrides
 
 # Bump when the training code changes what a recipe produces.
 RECIPE_VERSION = 1
@@ -39,17 +39,27 @@ def teacher_dir(family: str, preset_name: str, seed: int = 0) -> Path:
 
 
 def ensure_teacher(
-    family: str, preset_name: str = "cpu", seed: int = 0, force: bool = False, log=print
+    family: str,
+    preset_name: str = "cpu",
+    seed: int = 0,
+    force: bool = False,
+    log=print,
+    overrides: dict | None = None,
 ) -> Path:
-    """The folder of a trained teacher, training it first if the cache has none."""
+    """The folder of a trained teacher, training it first if the cache has none.
+    ``overrides`` replace fields of the family's recipe (after its family overrides); the
+    cache key covers them, so each variant is trained once."""
     from zeda_rl.pretrain.train import train_teacher
 
     if preset_name not in PRESETS:
         raise ValueError(f"teacher preset {preset_name!r} unknown; choose one of {sorted(PRESETS)}")
-    path = teacher_dir(family, preset_name, seed)
+    preset = PRESETS[preset_name]
+    if overrides:
+        preset = with_overrides(preset.for_family(family), overrides)
+    path = cache_root() / "teachers" / teacher_key(family, preset, seed)
     if (path / "report.json").is_file() and not force:
         log(f"teacher cached: {path}")
         return path
     log(f"training the {family} teacher ({preset_name} preset, seed {seed}) into {path}")
-    train_teacher(family, PRESETS[preset_name], path, seed=seed, log=log)
+    train_teacher(family, preset, path, seed=seed, log=log)
     return path

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,47 @@ class TeacherPreset:
     def for_family(self, family: str) -> TeacherPreset:
         """This recipe as trained for ``family`` (its overrides applied)."""
         return replace(self, **self.family_overrides.get(family, {}), family_overrides={})
+
+
+def with_overrides(preset: TeacherPreset, overrides: dict) -> TeacherPreset:
+    """``preset`` with some fields replaced (recipe sweeps from the command line), each
+    checked against the field's type so a typo fails before minutes of training."""
+    known = {f.name for f in fields(TeacherPreset)} - {"name", "family_overrides"}
+    if unknown := sorted(set(overrides) - known):
+        raise ValueError(f"teacher recipe: unknown fields {unknown}; choose from {sorted(known)}")
+    for key, value in overrides.items():
+        current = getattr(preset, key)
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if isinstance(current, bool) or isinstance(value, bool):
+            ok = isinstance(current, bool) == isinstance(value, bool)
+        elif isinstance(current, float):
+            ok = number
+        elif current is None or key == "max_text_docs":
+            ok = value is None or isinstance(value, int)
+        else:
+            ok = isinstance(value, type(current))
+        if not ok:
+            raise ValueError(
+                f"teacher recipe: {key}={value!r} is not a {type(current).__name__} "
+                f"(the preset has {current!r})"
+            )
+    if overrides.get("mixed_precision", "fp32") not in ("fp32", "bf16"):
+        raise ValueError(
+            f"teacher recipe: mixed_precision={overrides['mixed_precision']!r}: 'fp32' or 'bf16'"
+        )
+    if "task_mix" in overrides:
+        from zeda_rl.data.tasks import TASKS
+
+        mix = overrides["task_mix"]
+        bad = [
+            k for k, v in mix.items() if k not in TASKS or not isinstance(v, int | float) or v <= 0
+        ]
+        if bad or not mix:
+            raise ValueError(
+                f"teacher recipe: task_mix entries {bad or mix} must be tasks of "
+                f"{sorted(TASKS)} with positive weights"
+            )
+    return replace(preset, **overrides)
 
 
 PRESETS: dict[str, TeacherPreset] = {
