@@ -98,8 +98,8 @@ def test_trained_teacher_source_with_evaluation(tmp_path, launch_cache):
             "stage2.kl_positions=prompt: expected one of [response, all]",
         ),
         (
-            ["+experiment=tiny", "stage2.loss=topk_kl", "stage2.teacher_top_k=64"],
-            "stage2.teacher_top_k=64",
+            ["+experiment=tiny", "stage2.loss=topk_kl", "stage2.teacher_top_k=512"],
+            "stage2.teacher_top_k=512",
         ),
         (["+experiment=tiny", "teacher.temperature=0.7"], "teacher.temperature=0.7"),
         (["+experiment=tiny", "trainer.expert_parallel=3"], "trainer.expert_parallel=3"),

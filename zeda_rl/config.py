@@ -176,7 +176,7 @@ class Stage2Config:
     # KL over the teacher's top-k tokens plus a tail bucket at every response position
     # (losses/topk_kl.py), a tiny-scale option for the low-token regime.
     loss: Stage2Loss = Stage2Loss.opd
-    teacher_top_k: int = 16  # topk_kl: how many of the teacher's log-probabilities (<= 20)
+    teacher_top_k: int = 16  # topk_kl: how many of the teacher's log-probabilities (<= 256)
     # topk_kl: the positions it is taken over: the sampled responses', or every position
     # (the prompts' too: about 5x the signal per step at tiny scale).
     kl_positions: KlPositions = KlPositions.response

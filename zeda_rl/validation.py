@@ -20,6 +20,10 @@ class ConfigError(ValueError):
     """A config the run refuses before any work starts; the message names the field."""
 
 
+# topk_kl's teacher log-probabilities per position: 256 already costs ~5x the scoring of 16.
+MAX_TEACHER_TOP_K = 256
+
+
 def _fail(message: str) -> None:
     raise ConfigError(message)
 
@@ -210,10 +214,11 @@ def validate(cfg: RunConfig) -> None:
             f"stage2.prompts_per_step x samples_per_prompt = {per_step} is smaller than the "
             f"rollout ({r.num_workers}) or trainer ({tr.num_workers}) pool"
         )
-    if cfg.stage2.loss == "topk_kl" and not 1 <= cfg.stage2.teacher_top_k <= 20:
+    if cfg.stage2.loss == "topk_kl" and not 1 <= cfg.stage2.teacher_top_k <= MAX_TEACHER_TOP_K:
         _fail(
-            f"stage2.teacher_top_k={cfg.stage2.teacher_top_k}: between 1 and 20 (the "
-            "teacher engine's log-probability limit)"
+            f"stage2.teacher_top_k={cfg.stage2.teacher_top_k}: between 1 and "
+            f"{MAX_TEACHER_TOP_K} (vLLM hands each log-probability back as a Python object: "
+            "scoring time grows with k, docs/benchmarks.md)"
         )
     if not 0 <= cfg.weight_sync.check_outlier_share < 1:
         _fail(

@@ -41,6 +41,7 @@ def start_engine(
     tensor_parallel_size: int = 1,
     capture_routes: bool = False,
     full_vocab_logprobs: bool = False,
+    logprobs_limit: int = 20,
     weight_transfer_backend: str | None = None,
 ):
     """An in-process vLLM engine inside this (actor) process; ``weight_transfer_backend``
@@ -61,7 +62,7 @@ def start_engine(
         skip_tokenizer_init=True,
         # Sampled-token logprobs after temperature scaling: the distribution sampled from.
         logprobs_mode="processed_logprobs",
-        max_logprobs=-1 if full_vocab_logprobs else 20,
+        max_logprobs=-1 if full_vocab_logprobs else logprobs_limit,
         worker_extension_cls=WORKER_EXTENSION,
         # Route capture needs every position computed; cached prefixes would be skipped.
         enable_prefix_caching=not capture_routes,

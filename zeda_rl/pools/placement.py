@@ -130,6 +130,7 @@ class Pools:
                 kv_cache_gib=t.kv_cache_gib,
                 tensor_parallel_size=t.tensor_parallel_size,
                 temperature=t.temperature,
+                top_k=self.cfg.stage2.teacher_top_k,
             )
 
         return build

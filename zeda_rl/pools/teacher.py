@@ -10,10 +10,16 @@ from zeda_rl.pools.engine import EngineWorker, Generation, sample, score, score_
 
 
 class TeacherWorker(EngineWorker):
-    def __init__(self, model_dir: str, *, temperature: float, **engine_options):
+    def __init__(self, model_dir: str, *, temperature: float, top_k: int = 20, **engine_options):
         self.temperature = temperature
-        # Scores at T != 1 need the whole vocabulary's log-probabilities to renormalise.
-        super().__init__(model_dir, full_vocab_logprobs=temperature != 1.0, **engine_options)
+        # Scores at T != 1 need the whole vocabulary's log-probabilities to renormalise;
+        # topk_kl needs its top_k per position (vLLM refuses more than the engine's limit).
+        super().__init__(
+            model_dir,
+            full_vocab_logprobs=temperature != 1.0,
+            logprobs_limit=max(20, top_k),
+            **engine_options,
+        )
 
     def generate(
         self, prompts: list[list[int]], *, max_tokens: int, stop_token_ids: list[int]
