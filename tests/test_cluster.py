@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 from pathlib import Path
 
@@ -14,6 +15,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 HEAD = {"CPU": 2.0, "memory": 8e9, "node:127.0.0.1": 1.0, "head": 10.0}
 WORKER = {"CPU": 2.0, "memory": 8e9, "node:127.0.0.2": 1.0, "other": 10.0}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _cfg(*overrides: str):
@@ -96,16 +103,27 @@ def test_pipeline_across_two_nodes_of_an_existing_cluster(tmp_path, launch_cache
 
     from tests.test_pipeline import COMMON, _stage_steps
 
+    # Free ports for the dashboard and its agents: a Ray cluster the user already runs on
+    # this machine holds the defaults (8265, 52365), and jobs need the agent.
     cluster = Cluster(
         initialize_head=True,
         connect=False,
-        head_node_args={"num_cpus": 2, "resources": {"head": 10}, "include_dashboard": True},
+        head_node_args={
+            "num_cpus": 2,
+            "resources": {"head": 10},
+            "include_dashboard": True,
+            "dashboard_port": _free_port(),
+            "dashboard_agent_listen_port": _free_port(),
+        },
     )
     try:
         # Its own runtime-env folder, as a second machine would have: two nodes unpacking the
         # job's code into one shared path replace the folder the job's driver runs in.
         cluster.add_node(
-            num_cpus=1, resources={"other": 10}, runtime_env_dir_name="runtime_resources_other"
+            num_cpus=1,
+            resources={"other": 10},
+            runtime_env_dir_name="runtime_resources_other",
+            dashboard_agent_listen_port=_free_port(),
         )
         cluster.wait_for_nodes()
         env = {**os.environ, "RAY_ADDRESS": cluster.address, "ZEDA_CACHE_DIR": str(launch_cache)}
