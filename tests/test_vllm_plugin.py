@@ -16,6 +16,10 @@ from zeda_rl.vllm_plugin.moe import ZedaVllmMoe
 pytest.importorskip("vllm")
 
 
+# A teacher top-k past vLLM's default logprob limit (20).
+WIDE_TOP_K = 32
+
+
 def _zeda_model(tmp_path, family: str, seed: int = 0):
     build_static_model(family, seed).save_pretrained(tmp_path / "teacher")
     convert(tmp_path / "teacher", tmp_path / "zeda", seed=seed, log=lambda *_: None)
@@ -255,12 +259,14 @@ def test_teacher_scores_at_the_sampling_temperature(tmp_path, temperature):
         max_model_len=64,
         kv_cache_gib=1,
         full_vocab_logprobs=temperature != 1.0,
+        logprobs_limit=WIDE_TOP_K,
     )
     sequences = [([5, 6, 7, 8], [9, 10, 11]), ([12, 13], [14, 15, 16, 17])]
     try:
         got = score(llm, sequences, temperature=temperature)
         top = score_topk(llm, sequences, k=5) if temperature == 1.0 else None
         every = score_topk(llm, sequences, k=5, prompt_positions=True) if top else None
+        wide = score_topk(llm, sequences, k=WIDE_TOP_K) if top else None
     finally:
         close_vllm_engine(llm)
     for i, ((prompt, response), values) in enumerate(zip(sequences, got, strict=True)):
@@ -281,3 +287,10 @@ def test_teacher_scores_at_the_sampling_temperature(tmp_path, temperature):
             want_values, want_ids = logp[:-1].topk(5, dim=-1)
             assert (torch.from_numpy(all_ids).long() == want_ids).all()
             assert torch.allclose(torch.from_numpy(all_values).double(), want_values, atol=1e-4)
+            # Past vLLM's default limit of 20 (stage2.teacher_top_k up to 256): the tokens'
+            # own log-probabilities, none below the true k-th (near-ties may swap ranks).
+            wide_ids, wide_values = (torch.from_numpy(a) for a in wide[i])
+            assert wide_ids.shape == (len(response), WIDE_TOP_K)
+            assert torch.allclose(wide_values.double(), rows.gather(-1, wide_ids.long()), atol=1e-4)
+            kth = rows.topk(WIDE_TOP_K, dim=-1).values[:, -1]
+            assert (wide_values.double().min(-1).values >= kth - 1e-4).all()
