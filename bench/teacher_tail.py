@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     import zeda_rl  # noqa: F401  (registers the ZEDA architectures)
     from zeda_rl.data.tokenizer import chat_example, chat_prompt
     from zeda_rl.eval.harness import indomain_items
+    from zeda_rl.eval.metrics import teacher_agreement
     from zeda_rl.losses.topk_kl import topk_reverse_kl
 
     model = AutoModelForCausalLM.from_pretrained(args.model).eval()
@@ -71,10 +72,11 @@ def main(argv: list[str] | None = None) -> int:
             span = slice(len(prompt) - 1, ids.shape[1] - 1)
             student = model(input_ids=ids).logits[0, span].float()
             reference = torch.log_softmax(teacher(input_ids=ids).logits[0, span].float(), -1)
-            student_logp = torch.log_softmax(student, -1)
-            full_sum += float((student_logp.exp() * (student_logp - reference)).sum())
-            positions += student.shape[0]
-            mask = torch.ones(1, student.shape[0], dtype=torch.bool)
+            every = torch.ones(student.shape[0], dtype=torch.bool)
+            agreement = teacher_agreement(student, reference, every)
+            full_sum += agreement.reverse_kl * agreement.tokens
+            positions += agreement.tokens
+            mask = every[None]
             for k in args.k:
                 top = reference.topk(k, dim=-1)
                 _, stats = topk_reverse_kl(student[None], top.indices[None], top.values[None], mask)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import socket
 import sys
 from pathlib import Path
 
@@ -15,12 +14,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 HEAD = {"CPU": 2.0, "memory": 8e9, "node:127.0.0.1": 1.0, "head": 10.0}
 WORKER = {"CPU": 2.0, "memory": 8e9, "node:127.0.0.2": 1.0, "other": 10.0}
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _cfg(*overrides: str):
@@ -102,6 +95,7 @@ def test_pipeline_across_two_nodes_of_an_existing_cluster(tmp_path, launch_cache
     from ray.cluster_utils import Cluster
 
     from tests.test_pipeline import COMMON, _stage_steps
+    from zeda_rl.trainer.distributed import free_port
 
     # Free ports for the dashboard and its agents: a Ray cluster the user already runs on
     # this machine holds the defaults (8265, 52365), and jobs need the agent.
@@ -112,8 +106,8 @@ def test_pipeline_across_two_nodes_of_an_existing_cluster(tmp_path, launch_cache
             "num_cpus": 2,
             "resources": {"head": 10},
             "include_dashboard": True,
-            "dashboard_port": _free_port(),
-            "dashboard_agent_listen_port": _free_port(),
+            "dashboard_port": free_port(),
+            "dashboard_agent_listen_port": free_port(),
         },
     )
     try:
@@ -123,7 +117,7 @@ def test_pipeline_across_two_nodes_of_an_existing_cluster(tmp_path, launch_cache
             num_cpus=1,
             resources={"other": 10},
             runtime_env_dir_name="runtime_resources_other",
-            dashboard_agent_listen_port=_free_port(),
+            dashboard_agent_listen_port=free_port(),
         )
         cluster.wait_for_nodes()
         env = {**os.environ, "RAY_ADDRESS": cluster.address, "ZEDA_CACHE_DIR": str(launch_cache)}

@@ -20,6 +20,10 @@ class Generation:
     routes: np.ndarray | None = None  # [prompt + response - 1, MoE layers, K], zero ids included
 
 
+# vLLM's own default for an engine's max_logprobs: enough for sampling and scoring.
+DEFAULT_LOGPROBS_LIMIT = 20
+
+
 class EngineWorker:
     """A Ray actor that owns one vLLM engine (``start_engine``'s options)."""
 
@@ -41,7 +45,7 @@ def start_engine(
     tensor_parallel_size: int = 1,
     capture_routes: bool = False,
     full_vocab_logprobs: bool = False,
-    logprobs_limit: int = 20,
+    logprobs_limit: int = DEFAULT_LOGPROBS_LIMIT,
     weight_transfer_backend: str | None = None,
 ):
     """An in-process vLLM engine inside this (actor) process; ``weight_transfer_backend``

@@ -6,18 +6,32 @@ from __future__ import annotations
 
 import numpy as np
 
-from zeda_rl.pools.engine import EngineWorker, Generation, sample, score, score_topk
+from zeda_rl.pools.engine import (
+    DEFAULT_LOGPROBS_LIMIT,
+    EngineWorker,
+    Generation,
+    sample,
+    score,
+    score_topk,
+)
 
 
 class TeacherWorker(EngineWorker):
-    def __init__(self, model_dir: str, *, temperature: float, top_k: int = 20, **engine_options):
+    def __init__(
+        self,
+        model_dir: str,
+        *,
+        temperature: float,
+        top_k: int = DEFAULT_LOGPROBS_LIMIT,
+        **engine_options,
+    ):
         self.temperature = temperature
         # Scores at T != 1 need the whole vocabulary's log-probabilities to renormalise;
         # topk_kl needs its top_k per position (vLLM refuses more than the engine's limit).
         super().__init__(
             model_dir,
             full_vocab_logprobs=temperature != 1.0,
-            logprobs_limit=max(20, top_k),
+            logprobs_limit=max(DEFAULT_LOGPROBS_LIMIT, top_k),
             **engine_options,
         )
 
