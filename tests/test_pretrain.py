@@ -97,6 +97,8 @@ def test_recipe_overrides_are_checked_and_cached_under_their_own_key(cache, monk
         (["--set", "steps"], "expected FIELD=VALUE"),
         (["--set", 'task_mix={"addition": 1, "poetry": 1}'], "task_mix entries ['poetry']"),
         (["--set", 'mixed_precision="fp8"'], "'fp32' or 'bf16'"),
+        (["--set", 'task_loss="prompt"'], "'all' or 'response'"),
+        (["--set", "min_lr_ratio=1.5"], "min_lr_ratio=1.5 must be in [0, 1]"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
             cli.main(["--family", "qwen3_moe", "--preset", "smoke", *argv])
@@ -125,3 +127,60 @@ def test_recipe_overrides_are_checked_and_cached_under_their_own_key(cache, monk
     assert path != teacher_dir("qwen3_moe", "smoke", 0)
     assert ensure_teacher("qwen3_moe", "smoke", overrides={"steps": 4, "task_share": 1}) == path
     assert len(trained) == 1  # the variant is cached
+
+
+def test_recipe_fields_added_later_keep_the_cached_teachers_keys():
+    """Fields added to the recipe after teachers were cached stay out of the key at their
+    old behaviour's value: the cached teachers (and every result measured on them) stay."""
+    from dataclasses import replace
+
+    from zeda_rl.pretrain.cache import LATER_FIELDS, teacher_key
+
+    base = PRESETS["cpu-fine"]
+    key = teacher_key("qwen3_moe", base, 0)
+    assert key == "qwen3_moe-cpu-fine-s0-7f827f1161"  # the key cached since 2026-12-06
+    assert teacher_key("qwen3_moe", PRESETS["cpu"], 0) == "qwen3_moe-cpu-s0-587820a29b"
+    for field, old_value in LATER_FIELDS.items():
+        assert getattr(base, field) == old_value
+    assert teacher_key("qwen3_moe", replace(base, min_lr_ratio=0.0), 0) != key
+    assert teacher_key("qwen3_moe", replace(base, task_loss="response"), 0) != key
+
+
+def test_response_only_loss_counts_the_answers_alone():
+    from dataclasses import replace
+
+    from zeda_rl.data.tokenizer import ASSISTANT, USER, train_tokenizer
+    from zeda_rl.pretrain.train import build_token_data, language_model_loss, sample_batch
+
+    preset = replace(PRESETS["smoke"], task_loss="response", task_share=1.0, examples_per_task=50)
+    texts = [f"What is {a} + {b}?" for a in range(30) for b in range(3)]
+    tok = train_tokenizer(texts, 300)
+    data = build_token_data(preset, tok, seed=0, log=lambda *_: None)
+    batch, counted = sample_batch(data, preset, torch.Generator().manual_seed(0))
+    assert batch.shape == counted.shape and 0 < counted.float().mean() < 1
+    user, assistant = tok.convert_tokens_to_ids([USER, ASSISTANT])
+    for row, mask in zip(batch.tolist(), counted.tolist(), strict=True):
+        in_response = False
+        for token, is_counted in zip(row, mask, strict=True):
+            if token == user:
+                in_response = False
+            assert is_counted == in_response, (row, mask)
+            if token == assistant:
+                in_response = True
+    # Every row counts every token under the default recipe.
+    _, all_counted = sample_batch(data, replace(preset, task_loss="all"), torch.Generator())
+    assert bool(all_counted.all())
+
+    # The loss is HF's causal-LM loss with the uncounted targets ignored.
+    torch.manual_seed(0)
+    from zeda_rl.pretrain.train import build_config
+
+    model = AutoModelForCausalLM.from_config(build_config("qwen3_moe", preset, tok)).eval()
+    labels = batch.masked_fill(~counted, -100)
+    with torch.no_grad():
+        expected = model(input_ids=batch, labels=labels).loss
+        got = language_model_loss(model, batch, counted)
+        every = language_model_loss(model, batch, torch.ones_like(counted))
+    assert got == pytest.approx(expected.item(), rel=1e-5)
+    assert every == pytest.approx(model(input_ids=batch, labels=batch).loss.item(), rel=1e-6)
+    assert abs(got.item() - every.item()) > 1e-3

@@ -12,6 +12,9 @@ from zeda_rl.pretrain.presets import PRESETS, TeacherPreset, with_overrides
 
 # Bump when the training code changes what a recipe produces.
 RECIPE_VERSION = 1
+# Recipe fields added after teachers were cached: left out of the key while they hold the
+# value that reproduces the old training, so those caches stay valid.
+LATER_FIELDS = {"min_lr_ratio": 0.1, "task_loss": "all"}
 
 
 def cache_root() -> Path:
@@ -24,7 +27,11 @@ def teacher_key(family: str, preset: TeacherPreset, seed: int) -> str:
             "family": family,
             # The recipe this family actually trains with: another family's overrides do
             # not invalidate its cache.
-            "preset": preset.for_family(family).to_dict(),
+            "preset": {
+                k: v
+                for k, v in preset.for_family(family).to_dict().items()
+                if k not in LATER_FIELDS or v != LATER_FIELDS[k]
+            },
             "seed": seed,
             "recipe": RECIPE_VERSION,
             "data": {k: a.sha256 for k, a in sorted(ARCHIVES.items())},

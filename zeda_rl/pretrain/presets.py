@@ -25,6 +25,7 @@ class TeacherPreset:
     steps: int = 1000
     lr: float = 3e-3
     warmup_steps: int = 100
+    min_lr_ratio: float = 0.1  # the cosine decays to this share of lr
     weight_decay: float = 0.1
     # "fp32", or "bf16": matmuls under bf16 autocast, fp32 master weights and optimizer
     # (1.4x faster steps for the GLM twin on this machine's AVX512-BF16 cores).
@@ -32,6 +33,10 @@ class TeacherPreset:
     router_aux_loss_coef: float = 0.01  # Qwen3: per-layer load-balancing loss
     bias_update_rate: float = 1e-3  # GLM: aux-loss-free balancing of the correction bias
     task_share: float = 0.75  # share of training rows drawn from the structured tasks
+    # Which tokens of a task row the loss counts: "all" (a language model of prompts and
+    # responses) or "response" (the answers only, as in SFT; the LM head then runs on those
+    # positions alone). Text rows always count every token.
+    task_loss: str = "all"
     task_mix: dict[str, float] = field(
         default_factory=lambda: {
             "addition": 0.55,
@@ -81,6 +86,14 @@ def with_overrides(preset: TeacherPreset, overrides: dict) -> TeacherPreset:
                 f"teacher recipe: {key}={value!r} is not a {type(current).__name__} "
                 f"(the preset has {current!r})"
             )
+    if overrides.get("task_loss", "all") not in ("all", "response"):
+        raise ValueError(
+            f"teacher recipe: task_loss={overrides['task_loss']!r}: 'all' or 'response'"
+        )
+    if not 0.0 <= overrides.get("min_lr_ratio", 0.0) <= 1.0:
+        raise ValueError(
+            f"teacher recipe: min_lr_ratio={overrides['min_lr_ratio']!r} must be in [0, 1]"
+        )
     if overrides.get("mixed_precision", "fp32") not in ("fp32", "bf16"):
         raise ValueError(
             f"teacher recipe: mixed_precision={overrides['mixed_precision']!r}: 'fp32' or 'bf16'"

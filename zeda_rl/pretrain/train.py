@@ -88,6 +88,8 @@ class TokenData:
     text: torch.Tensor  # 1D stream of all documents, EOS-separated
     tasks: dict[str, tuple[torch.Tensor, torch.Tensor]]  # task -> (token stream, example starts)
     heldout: dict[str, list[Example]]
+    # task -> bool stream beside its tokens: True on response tokens (the prompt's are False)
+    responses: dict[str, torch.Tensor]
 
 
 def build_token_data(preset: TeacherPreset, tokenizer, seed: int, log=print) -> TokenData:
@@ -99,40 +101,69 @@ def build_token_data(preset: TeacherPreset, tokenizer, seed: int, log=print) -> 
     docs = docs[: preset.max_text_docs]
     encoded = tokenizer(docs, add_special_tokens=False, verbose=False)["input_ids"]
     text = torch.tensor([t for ids in encoded for t in (*ids, eos)], dtype=torch.long)
-    tasks, heldout = {}, {}
+    tasks, heldout, responses = {}, {}, {}
     for name in preset.task_mix:
         examples = TASKS[name]("train", preset.examples_per_task, seed)
         ids = tokenizer(
             [chat_example(e.prompt, e.response) for e in examples], add_special_tokens=False
         )["input_ids"]
+        # The assistant marker is a special token, so the prompt's ids are a prefix of the
+        # example's and the response starts right after them.
+        prompt_lengths = [
+            len(x)
+            for x in tokenizer([chat_prompt(e.prompt) for e in examples], add_special_tokens=False)[
+                "input_ids"
+            ]
+        ]
         starts = torch.tensor([0] + [len(x) for x in ids]).cumsum(0)[:-1]
         tasks[name] = (torch.tensor([t for x in ids for t in x], dtype=torch.long), starts)
+        responses[name] = torch.tensor(
+            [i >= n for x, n in zip(ids, prompt_lengths, strict=True) for i in range(len(x))]
+        )
         heldout[name] = TASKS[name]("heldout", preset.eval_examples, seed + 1)
     log(
         f"data: {text.numel():,} text tokens; task tokens "
         + ", ".join(f"{k} {v[0].numel():,}" for k, v in tasks.items())
     )
-    return TokenData(text, tasks, heldout)
+    return TokenData(text, tasks, heldout, responses)
 
 
 def sample_batch(
     data: TokenData, preset: TeacherPreset, gen: torch.Generator, task_share: float | None = None
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows and, beside them, which tokens the loss counts (see ``task_loss``)."""
     length = preset.seq_len
     task_share = preset.task_share if task_share is None else task_share
     names = list(preset.task_mix)
     weights = torch.tensor([preset.task_mix[n] for n in names])
-    rows = []
+    rows, counted = [], []
     for _ in range(preset.batch_size):
         if torch.rand((), generator=gen) < task_share:
-            stream, starts = data.tasks[names[int(torch.multinomial(weights, 1, generator=gen))]]
+            name = names[int(torch.multinomial(weights, 1, generator=gen))]
+            stream, starts = data.tasks[name]
             valid = starts[starts <= stream.numel() - length]
             start = int(valid[torch.randint(valid.numel(), (), generator=gen)])
+            if preset.task_loss == "response":
+                counted.append(data.responses[name][start : start + length])
+            else:
+                counted.append(torch.ones(length, dtype=torch.bool))
         else:
             stream = data.text
             start = int(torch.randint(stream.numel() - length, (), generator=gen))
+            counted.append(torch.ones(length, dtype=torch.bool))
         rows.append(stream[start : start + length])
-    return torch.stack(rows)
+    return torch.stack(rows), torch.stack(counted)
+
+
+def language_model_loss(model, batch: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross entropy over the counted targets, the LM head run on their
+    positions alone (a response-only recipe skips most of its cost on task rows)."""
+    if bool(counted[:, 1:].all()):
+        return model(input_ids=batch, labels=batch).loss
+    hidden = model.model(input_ids=batch).last_hidden_state[:, :-1]
+    keep = counted[:, 1:]
+    logits = model.lm_head(hidden[keep])
+    return torch.nn.functional.cross_entropy(logits.float(), batch[:, 1:][keep])
 
 
 class ExpertLoad:
@@ -281,7 +312,8 @@ def train_teacher(
         if step < preset.warmup_steps:
             return preset.lr * (step + 1) / preset.warmup_steps
         progress = (step - preset.warmup_steps) / max(1, preset.steps - preset.warmup_steps)
-        return preset.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+        floor = preset.min_lr_ratio
+        return preset.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
     if preset.mixed_precision not in ("fp32", "bf16"):
         raise ValueError(f"mixed_precision={preset.mixed_precision!r}: 'fp32' or 'bf16'")
@@ -291,15 +323,16 @@ def train_teacher(
     model.train()
     for step in range(preset.steps):
         annealing = step >= preset.steps - preset.anneal_steps
-        batch = sample_batch(data, preset, gen, preset.anneal_task_share if annealing else None).to(
-            device
+        batch, counted = sample_batch(
+            data, preset, gen, preset.anneal_task_share if annealing else None
         )
+        batch, counted = batch.to(device), counted.to(device)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
         load.reset()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = model(input_ids=batch, labels=batch)
-            loss = out.loss + preset.router_aux_loss_coef * load.balance_loss()
+            lm_loss = language_model_loss(model, batch, counted)
+            loss = lm_loss + preset.router_aux_loss_coef * load.balance_loss()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -309,7 +342,7 @@ def train_teacher(
         if step % 50 == 0 or step == preset.steps - 1:
             entry = {
                 "step": step,
-                "loss": round(out.loss.item(), 4),
+                "loss": round(lm_loss.item(), 4),
                 "lr": lr_at(step),
                 "seconds": round(time.perf_counter() - started, 1),
             }
@@ -328,7 +361,7 @@ def train_teacher(
     train_seconds = time.perf_counter() - started
 
     load.reset()
-    probe = sample_batch(data, preset, torch.Generator().manual_seed(seed + 99))
+    probe, _ = sample_batch(data, preset, torch.Generator().manual_seed(seed + 99))
     with torch.no_grad():
         model(input_ids=probe.to(device))
     shares = load.shares()
