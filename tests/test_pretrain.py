@@ -136,12 +136,15 @@ def test_recipe_fields_added_later_keep_the_cached_teachers_keys():
 
     from zeda_rl.pretrain.cache import LATER_FIELDS, teacher_key
 
-    base = PRESETS["cpu-fine"]
+    base = PRESETS["cpu"]
     key = teacher_key("qwen3_moe", base, 0)
-    assert key == "qwen3_moe-cpu-fine-s0-7f827f1161"  # the key cached since 2026-12-06
-    assert teacher_key("qwen3_moe", PRESETS["cpu"], 0) == "qwen3_moe-cpu-s0-587820a29b"
+    assert key == "qwen3_moe-cpu-s0-587820a29b"  # the keys cached since 2026-11-28 / 12-06
+    fine = PRESETS["cpu-fine"]
+    glm_fine = teacher_key("glm4_moe_lite", fine, 0)
+    assert glm_fine == "glm4_moe_lite-cpu-fine-s0-0ea390ef8b"
     for field, old_value in LATER_FIELDS.items():
         assert getattr(base, field) == old_value
+        assert getattr(fine.for_family("glm4_moe_lite"), field) == old_value
     assert teacher_key("qwen3_moe", replace(base, min_lr_ratio=0.0), 0) != key
     assert teacher_key("qwen3_moe", replace(base, task_loss="response"), 0) != key
 
