@@ -1,7 +1,8 @@
 """Pretrain the small teacher MoE (Qwen3-MoE or its GLM-4.7-Flash twin) on offline data.
 
 Rows of the training batch come either from natural text (OpenWebText, Wikipedia,
-Shakespeare) or from the structured tasks in chat format; routing is kept balanced (Qwen3:
+Shakespeare) or from the structured tasks in chat format (the loss counting either every
+token or, with ``task_loss="response"``, the answers only); routing is kept balanced (Qwen3:
 load-balancing loss; GLM: aux-loss-free updates of the correction bias, as GLM does). The
 result is a Hugging Face folder with the tokenizer, a generation config and ``report.json``
 (held-out loss and exact-match accuracy per task, per-expert load).
@@ -317,6 +318,8 @@ def train_teacher(
 
     if preset.mixed_precision not in ("fp32", "bf16"):
         raise ValueError(f"mixed_precision={preset.mixed_precision!r}: 'fp32' or 'bf16'")
+    if preset.task_loss not in ("all", "response"):
+        raise ValueError(f"task_loss={preset.task_loss!r}: 'all' or 'response'")
     bf16 = preset.mixed_precision == "bf16"
     gen = torch.Generator().manual_seed(seed)
     history = []
