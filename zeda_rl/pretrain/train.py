@@ -272,6 +272,10 @@ def train_teacher(
     if family not in FAMILIES:
         raise ValueError(f"family={family!r}: choose one of {FAMILIES}")
     preset = preset.for_family(family)
+    if preset.mixed_precision not in ("fp32", "bf16"):
+        raise ValueError(f"mixed_precision={preset.mixed_precision!r}: 'fp32' or 'bf16'")
+    if preset.task_loss not in ("all", "response"):
+        raise ValueError(f"task_loss={preset.task_loss!r}: 'all' or 'response'")
     torch.manual_seed(seed)
     random.seed(seed)
     torch.set_num_threads(os.cpu_count() or 1)
@@ -316,10 +320,6 @@ def train_teacher(
         floor = preset.min_lr_ratio
         return preset.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
-    if preset.mixed_precision not in ("fp32", "bf16"):
-        raise ValueError(f"mixed_precision={preset.mixed_precision!r}: 'fp32' or 'bf16'")
-    if preset.task_loss not in ("all", "response"):
-        raise ValueError(f"task_loss={preset.task_loss!r}: 'all' or 'response'")
     bf16 = preset.mixed_precision == "bf16"
     gen = torch.Generator().manual_seed(seed)
     history = []
