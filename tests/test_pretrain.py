@@ -146,23 +146,9 @@ def test_recipe_fields_added_later_keep_the_cached_teachers_keys():
         assert getattr(base, field) == old_value
         assert getattr(fine.for_family("glm4_moe_lite"), field) == old_value
     # The first cpu-fine recipe, given on the command line, finds the teacher it cached.
+    from zeda_rl.pretrain.presets import FIRST_CPU_FINE_RECIPE as first_fine
     from zeda_rl.pretrain.presets import with_overrides
 
-    first_fine = {
-        "lr": 0.003,
-        "min_lr_ratio": 0.1,
-        "task_loss": "all",
-        "task_share": 0.75,
-        "anneal_steps": 300,
-        "task_mix": {
-            "addition": 0.35,
-            "chain": 0.3,
-            "arithmetic": 0.1,
-            "binary_ops": 0.05,
-            "gsm": 0.1,
-            "code": 0.1,
-        },
-    }
     assert (
         teacher_key("qwen3_moe", with_overrides(fine.for_family("qwen3_moe"), first_fine), 0)
         == "qwen3_moe-cpu-fine-s0-7f827f1161"

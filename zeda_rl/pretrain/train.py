@@ -24,7 +24,7 @@ from zeda_rl.data.tasks import TASKS, Example, is_correct
 from zeda_rl.data.tokenizer import END, EOS, chat_example, chat_prompt
 from zeda_rl.eval.generation import hf_generate
 from zeda_rl.families import FAMILY_NAMES
-from zeda_rl.pretrain.presets import TeacherPreset
+from zeda_rl.pretrain.presets import TeacherPreset, check_choices
 
 FAMILIES = FAMILY_NAMES
 MAX_NEW_TOKENS = {
@@ -116,11 +116,11 @@ def build_token_data(preset: TeacherPreset, tokenizer, seed: int, log=print) -> 
                 "input_ids"
             ]
         ]
-        starts = torch.tensor([0] + [len(x) for x in ids]).cumsum(0)[:-1]
+        lengths = torch.tensor([len(x) for x in ids])
+        starts = lengths.cumsum(0) - lengths
         tasks[name] = (torch.tensor([t for x in ids for t in x], dtype=torch.long), starts)
-        responses[name] = torch.tensor(
-            [i >= n for x, n in zip(ids, prompt_lengths, strict=True) for i in range(len(x))]
-        )
+        offsets = torch.arange(int(lengths.sum())) - starts.repeat_interleave(lengths)
+        responses[name] = offsets >= torch.tensor(prompt_lengths).repeat_interleave(lengths)
         heldout[name] = TASKS[name]("heldout", preset.eval_examples, seed + 1)
     log(
         f"data: {text.numel():,} text tokens; task tokens "
@@ -272,10 +272,7 @@ def train_teacher(
     if family not in FAMILIES:
         raise ValueError(f"family={family!r}: choose one of {FAMILIES}")
     preset = preset.for_family(family)
-    if preset.mixed_precision not in ("fp32", "bf16"):
-        raise ValueError(f"mixed_precision={preset.mixed_precision!r}: 'fp32' or 'bf16'")
-    if preset.task_loss not in ("all", "response"):
-        raise ValueError(f"task_loss={preset.task_loss!r}: 'all' or 'response'")
+    check_choices(preset)
     torch.manual_seed(seed)
     random.seed(seed)
     torch.set_num_threads(os.cpu_count() or 1)
